@@ -1,0 +1,83 @@
+"""Argument handling shared by every backend and by the reference: one place for the rules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Smallest step the quantizers divide by (2^-126, the smallest normal float32); the kernels
+# hold the same value (csrc/cpu/lsq_kernels.h, kStepFloor).
+STEP_FLOOR = 2.0**-126
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def qrange(bits: int, signed: bool) -> tuple[int, int]:
+    """The integer grid of a `bits`-bit quantizer: signed [-2^(b-1), 2^(b-1)-1] for b in 2..8,
+    unsigned [0, 2^b-1] for b in 1..8."""
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise TypeError(f"lsq_fast: bits must be an int, got {type(bits).__name__}")
+    lowest = 2 if signed else 1
+    if not lowest <= bits <= 8:
+        kind = "signed" if signed else "unsigned"
+        raise ValueError(f"lsq_fast: bits must be in {lowest}..8 for {kind} quantization, got {bits}")
+    if signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def default_grad_scale(numel_per_step: int, bits: int, signed: bool) -> float:
+    """LSQ's step-gradient scale g = 1 / sqrt(N * qmax), N the elements sharing one step.
+
+    An empty tensor has no gradient to scale, so N = 0 counts as 1 (the kernels do the same).
+    """
+    _, qmax = qrange(bits, signed)
+    return 1.0 / math.sqrt(max(int(numel_per_step), 1) * qmax)
+
+
+def check_args(x: torch.Tensor, step: torch.Tensor, bits: int, signed: bool, channel_axis: int | None):
+    """Validates a quantizer call; returns (qmin, qmax, channel_axis wrapped to >= 0 or None)."""
+    if not isinstance(x, torch.Tensor) or not isinstance(step, torch.Tensor):
+        raise TypeError("lsq_fast: x and step must be tensors")
+    qmin, qmax = qrange(bits, signed)
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"lsq_fast: x must be float32, float16, bfloat16 or float64, got {x.dtype}")
+    if not (step.dtype == torch.float32 or (step.dtype == torch.float64 and x.dtype == torch.float64)):
+        raise TypeError(f"lsq_fast: step must be float32 (float64 allowed only with float64 x), got {step.dtype}")
+    if x.device != step.device:
+        raise ValueError(f"lsq_fast: x and step must be on the same device, got x on {x.device} and step on {step.device}")
+    if channel_axis is None:
+        if step.numel() != 1:
+            raise ValueError(
+                f"lsq_fast: per-tensor quantization needs a step with one element, got {step.numel()} "
+                "(pass channel_axis for per-channel steps)"
+            )
+        return qmin, qmax, None
+    if isinstance(channel_axis, bool) or not isinstance(channel_axis, int):
+        raise TypeError(f"lsq_fast: channel_axis must be an int or None, got {type(channel_axis).__name__}")
+    if not -x.dim() <= channel_axis < x.dim() or x.dim() == 0:
+        raise ValueError(f"lsq_fast: channel_axis {channel_axis} is out of range for x with {x.dim()} dimensions")
+    axis = channel_axis % x.dim()
+    if step.numel() != x.shape[axis]:
+        raise ValueError(
+            f"lsq_fast: per-channel step must have x.shape[{axis}] = {x.shape[axis]} elements, got {step.numel()}"
+        )
+    return qmin, qmax, axis
+
+
+def check_grad_scale(grad_scale: float | None) -> float | None:
+    if grad_scale is None:
+        return None
+    if isinstance(grad_scale, torch.Tensor) or not isinstance(grad_scale, (int, float)) or isinstance(grad_scale, bool):
+        raise TypeError(f"lsq_fast: grad_scale must be a Python float or None, got {type(grad_scale).__name__}")
+    if not math.isfinite(grad_scale):
+        raise ValueError(f"lsq_fast: grad_scale must be finite, got {grad_scale}")
+    return float(grad_scale)
+
+
+def numel_per_step(x: torch.Tensor, channel_axis: int | None) -> int:
+    if channel_axis is None:
+        return x.numel()
+    channels = x.shape[channel_axis]
+    return x.numel() // channels if channels else 0

@@ -1,0 +1,48 @@
+"""LSQ fake quantization (Esser et al., ICLR 2020) behind one function and several backends."""
+
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from ._args import check_args, check_grad_scale
+from ._ops import ops
+from .backends import resolve_backend
+
+
+def lsq_quantize(
+    x: torch.Tensor,
+    step: torch.Tensor,
+    bits: int,
+    *,
+    signed: bool = True,
+    channel_axis: int | None = None,
+    grad_scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Fake-quantize x with a learned step: ``step * round(clip(x / step, qmin, qmax))``.
+
+    Args:
+        x: float32, float16 or bfloat16 tensor of any shape and layout (float64 too, for
+            gradcheck). Dense layouts (contiguous, channels_last, any permutation) are read in
+            place; other strided tensors are copied once.
+        step: float32 tensor with one element (per-tensor) or ``x.shape[channel_axis]``
+            elements (per-channel). On CPU a step that is not positive and finite is a
+            ValueError; elsewhere it is clamped to a tiny positive floor inside the kernel.
+        bits: 2..8 signed, 1..8 unsigned.
+        signed: signed grid [-2^(b-1), 2^(b-1)-1] (weights) or unsigned [0, 2^b-1] (ReLU outputs).
+        channel_axis: None for one step, else the axis (negative allowed) the steps run along.
+        grad_scale: multiplier of the step gradient; None means LSQ's 1/sqrt(N * qmax) with N the
+            elements per step; 1.0 turns scaling off.
+        backend: "auto" (fastest for x's device), "cpu", "reference"; "triton" and "cuda" where built.
+
+    Returns:
+        A tensor of x's dtype, shape, device (and layout, for dense x). Gradients flow to x
+        (straight through inside the clip range, zero outside, strict at the clip points) and to
+        step (LSQ's dy/ds, reduced in float32 or better in a fixed order).
+    """
+    qmin, qmax, axis = check_args(x, step, bits, signed, channel_axis)
+    g = check_grad_scale(grad_scale)
+    if resolve_backend(backend, x.device) == "reference":
+        return reference.lsq_quantize(x, step, bits, signed=signed, channel_axis=axis, grad_scale=g)
+    return ops.lsq_forward(x, step, qmin, qmax, axis, g)

@@ -1,0 +1,67 @@
+"""The LSQ paper's quantizer in plain PyTorch: the oracle of the tests, the baseline of the benchmarks.
+
+Written as the pseudocode of Esser et al. (ICLR 2020, appendix) writes it: `gradscale` on the
+step, a `hardtanh` clip (strict at the clip points: no gradient at u == qmin or u == qmax),
+`roundpass` (round half to even, straight-through gradient), and a multiply. It computes in
+float32 whatever x's dtype (float64 for float64 x, for gradcheck) and returns x's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._args import STEP_FLOOR, check_args, check_grad_scale, default_grad_scale, numel_per_step
+
+
+def gradscale(t: torch.Tensor, scale: float) -> torch.Tensor:
+    """t in the forward pass, gradient multiplied by `scale` in the backward pass.
+
+    The paper writes (t - t*scale).detach() + t*scale, whose value can differ from t in the
+    last bit; adding a difference that is exactly zero keeps the forward value t to the bit.
+    """
+    scaled = t * scale
+    return t.detach() + (scaled - scaled.detach())
+
+
+def roundpass(u: torch.Tensor) -> torch.Tensor:
+    """round(u) in the forward pass, identity gradient (straight-through estimator).
+
+    Exact: for |u| <= 2^23, round(u) - u is computed without rounding error, so
+    u + (round(u) - u) == round(u).
+    """
+    return (u.round() - u).detach() + u
+
+
+def _check_step_values(step: torch.Tensor) -> None:
+    # Reading values is free only on the CPU; elsewhere the quantizer clamps to STEP_FLOOR.
+    if step.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    if not bool(torch.all(torch.isfinite(step) & (step > 0))):
+        raise ValueError(f"lsq_fast: step must be positive and finite, got {step.detach().flatten().tolist()[:8]}")
+
+
+def lsq_quantize(
+    x: torch.Tensor,
+    step: torch.Tensor,
+    bits: int,
+    *,
+    signed: bool = True,
+    channel_axis: int | None = None,
+    grad_scale: float | None = None,
+) -> torch.Tensor:
+    """Reference LSQ fake quantization; same contract as :func:`lsq_fast.lsq_quantize`."""
+    qmin, qmax, axis = check_args(x, step, bits, signed, channel_axis)
+    g = check_grad_scale(grad_scale)
+    if g is None:
+        g = default_grad_scale(numel_per_step(x, axis), bits, signed)
+    _check_step_values(step)
+
+    math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    s = gradscale(step.to(math_dtype).clamp_min(STEP_FLOOR), g)
+    if axis is None:
+        s = s.reshape(())
+    else:
+        s = s.reshape([-1 if d == axis else 1 for d in range(x.dim())])
+    u = F.hardtanh(x.to(math_dtype) / s, float(qmin), float(qmax))
+    return (roundpass(u) * s).to(x.dtype)
