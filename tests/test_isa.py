@@ -1,0 +1,61 @@
+"""Every instruction set the CPU kernels are built for gives the same forward and grad_x bits.
+
+The kernel table is picked once per process, so each ISA runs in a subprocess capped with
+LSQ_FAST_CPU_ISA. (grad_step may differ in the last bits: the lane count sets the order of
+the float32 partial sums; each ISA stays within the spec's bound, checked elsewhere.)
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+SCRIPT = r"""
+import sys, torch, lsq_fast
+torch.manual_seed(int(sys.argv[2]))
+out = {"isa": lsq_fast.cpu_isa()}
+cases = [((4, 3, 50, 33), None), ((64, 3, 3, 3), 0), ((4, 24, 9, 9), 1), ((37, 101), 1)]
+for i, (shape, axis) in enumerate(cases):
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        c = 1 if axis is None else shape[axis]
+        step = torch.rand(c, dtype=torch.float64 if dtype == torch.float64 else torch.float32) * 0.3 + 0.01
+        x = (torch.randn(shape) * 2).to(dtype)
+        if len(shape) == 4 and i == 2:
+            x = x.contiguous(memory_format=torch.channels_last)
+        gy = torch.randn(shape).to(dtype)
+        y = torch.ops.lsq_fast.lsq_forward(x, step, -8, 7, axis, None)
+        gx, gs = torch.ops.lsq_fast.lsq_backward(gy, x, step, -8, 7, axis, None)
+        out[(i, str(dtype))] = (y, gx, gs)
+torch.save(out, sys.argv[1])
+"""
+
+
+def run_with_isa(isa, path, seed):
+    env = dict(os.environ, LSQ_FAST_CPU_ISA=isa)
+    subprocess.run([sys.executable, "-c", SCRIPT, str(path), str(seed)], env=env, check=True)
+    return torch.load(path, weights_only=False)
+
+
+def test_instruction_sets_agree(tmp_path, seed):
+    results = {}
+    for isa in ("default", "avx2", "avx512"):
+        out = run_with_isa(isa, tmp_path / f"{isa}.pt", seed)
+        if out.pop("isa") == isa:  # capped to a lower one where the CPU lacks it
+            results[isa] = out
+    assert "default" in results
+    if len(results) == 1:
+        pytest.skip("this CPU runs only the default kernels")
+    base = results["default"]
+    for isa, out in results.items():
+        for key, (y, gx, gs) in out.items():
+            assert torch.equal(y, base[key][0]), f"{isa} forward differs from default on {key}"
+            assert torch.equal(gx, base[key][1]), f"{isa} grad_x differs from default on {key}"
+            torch.testing.assert_close(gs, base[key][2], rtol=1e-4, atol=1e-6)
+
+
+def test_unknown_isa_is_a_clear_error():
+    env = dict(os.environ, LSQ_FAST_CPU_ISA="sse9")
+    proc = subprocess.run([sys.executable, "-c", "import lsq_fast; lsq_fast.cpu_isa()"], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "LSQ_FAST_CPU_ISA=sse9" in proc.stderr

@@ -1,0 +1,53 @@
+"""Against PyTorch's own learnable fake-quant ops, where their pass band agrees with ours.
+
+torch._fake_quantize_learnable_* pass the gradient wherever round(u) lies in [qmin, qmax],
+i.e. for u in [qmin - 1/2, qmax + 1/2), where LSQ's strict mask stops it at the clip points.
+They also multiply by 1/scale instead of dividing, so steps are powers of two here (exact
+either way). Inputs avoid the bands where the two definitions differ; everywhere else
+forward, grad_x and grad_step must agree.
+"""
+
+import pytest
+import torch
+
+import lsq_fast
+from lsq_oracle import make_step
+
+
+def inputs_outside_disputed_bands(shape, step, qmin, qmax, channel_axis):
+    u = torch.empty(shape, dtype=torch.float64).uniform_(qmin - 3, qmax + 3)
+    ties = torch.randint(qmin, qmax, shape).to(torch.float64) + 0.5
+    u = torch.where(torch.rand(shape) < 0.3, ties, u)
+    disputed = ((u >= qmin - 0.5) & (u <= qmin)) | ((u >= qmax) & (u <= qmax + 0.5))
+    u = torch.where(disputed, torch.full_like(u, (qmin + qmax) / 2 + 0.25), u)  # well inside
+    s = step.to(torch.float64)
+    s = s.reshape(()) if channel_axis is None else s.reshape([-1 if d == channel_axis else 1 for d in range(len(shape))])
+    return (u * s).to(torch.float32)
+
+
+@pytest.mark.parametrize("bits,signed", [(2, True), (4, True), (8, True), (1, False), (4, False), (8, False)])
+@pytest.mark.parametrize("channel_axis", [None, 0, 1])
+def test_matches_torch_learnable_fake_quant(seed, bits, signed, channel_axis):
+    qmin, qmax = lsq_fast.qrange(bits, signed)
+    shape = (6, 10, 7)
+    channels = 1 if channel_axis is None else shape[channel_axis]
+    step = make_step(channels, power_of_two=True)
+    x = inputs_outside_disputed_bands(shape, step, qmin, qmax, channel_axis)
+    grad_y = torch.randn(shape)
+    g = 0.37
+
+    x1, s1 = x.clone().requires_grad_(), step.clone().requires_grad_()
+    y1 = lsq_fast.lsq_quantize(x1, s1, bits, signed=signed, channel_axis=channel_axis, grad_scale=g)
+    gx1, gs1 = torch.autograd.grad(y1, (x1, s1), grad_y)
+
+    x2, s2 = x.clone().requires_grad_(), step.clone().requires_grad_()
+    zero_point = torch.zeros(channels)
+    if channel_axis is None:
+        y2 = torch._fake_quantize_learnable_per_tensor_affine(x2, s2, zero_point, qmin, qmax, g)
+    else:
+        y2 = torch._fake_quantize_learnable_per_channel_affine(x2, s2, zero_point, channel_axis, qmin, qmax, g)
+    gx2, gs2 = torch.autograd.grad(y2, (x2, s2), grad_y)
+
+    assert torch.equal(y1, y2)
+    assert torch.equal(gx1, gx2)
+    torch.testing.assert_close(gs1, gs2.reshape(gs1.shape), rtol=1e-4, atol=1e-5)
