@@ -1,7 +1,7 @@
-"""The compiled ops (torch.ops.lsq_fast.*): loading, fake kernels, and autograd.
+"""The compiled ops (torch.ops.lsq_fast.*): loading them and their fake kernels.
 
-Schemas and the CPU kernels are C++ (csrc/); what torch.compile and autograd need to know
-about them lives here, next to nothing else.
+Schemas, kernels and autograd are C++ (csrc/); what torch.compile needs to know about the
+ops' outputs lives here.
 """
 
 from __future__ import annotations
@@ -35,19 +35,8 @@ def _lsq_backward_fake(grad_y, x, step, qmin, qmax, channel_axis, grad_scale):
     return torch.empty_like(x), step.new_empty(step.shape)
 
 
-def _setup_context(ctx, inputs, output):
-    x, step, qmin, qmax, channel_axis, grad_scale = inputs
-    ctx.save_for_backward(x, step)
-    ctx.args = (qmin, qmax, channel_axis, grad_scale)
-
-
-def _backward(ctx, grad_y):
-    x, step = ctx.saved_tensors
-    grad_x, grad_step = ops.lsq_backward(grad_y, x, step, *ctx.args)
-    return grad_x, grad_step, None, None, None, None
-
-
-torch.library.register_autograd("lsq_fast::lsq_forward", _backward, setup_context=_setup_context)
+# Autograd is registered in C++ (csrc/lsq_autograd.cpp): the Python wrapper of
+# torch.library.register_autograd costs more than the kernels on a small tensor.
 
 
 def cpu_isa() -> str:

@@ -1,0 +1,433 @@
+"""Kernel benchmark of LSQ fake quantization: lsq_fast against its peers.
+
+    .venv/bin/python benchmarks/bench_lsq.py                      # what `make bench` runs
+    .venv/bin/python benchmarks/bench_lsq.py --dtype float32 bfloat16 --rounds 10 --json out.json
+
+Providers (each a function f(x, step) -> y with the case's bits/signed/axis/grad scale baked in):
+  lsq_fast           lsq_fast.lsq_quantize, backend="auto" (on CUDA that is the reference for now)
+  reference          lsq_fast.reference.lsq_quantize, eager PyTorch
+  reference+compile  torch.compile of the reference, compiled once per case and dtype
+  torch_learnable    torch._fake_quantize_learnable_per_{tensor,channel}_affine (float32 only)
+
+Modes: "fwd" is f under torch.no_grad(); "fwd+bwd" is f then torch.autograd.grad to (x, step).
+
+GB/s is the traffic the contract needs, whatever a provider really moves: the forward reads x
+and writes y (2 elements), the backward reads x and grad_y and writes grad_x (3 elements), so
+fwd+bwd is 5 elements. A fused kernel can reach that; a chain of eager ops moves far more.
+The copy ceiling is y.copy_(x) on a tensor of the same size: what the memory system gives
+for one read and one write per element, the roof of the forward. The cases' tensors (5-6 MB)
+fit in the last-level cache of many CPUs, so on those the ceiling is the cache's, not DRAM's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import json
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+import lsq_fast
+from timing import Timing, interleaved_medians  # benchmarks/ is on sys.path when run as a script
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODES = ("fwd", "fwd+bwd")
+# Elements of x's size that each mode must read or write (see the module docstring).
+ELEMENTS_MOVED = {"fwd": 2, "fwd+bwd": 5}
+
+QuantFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    shape: tuple[int, ...]
+    bits: int
+    signed: bool
+    channel_axis: Optional[int]
+    relu: bool  # activations after a ReLU are non-negative: the unsigned grid's use
+
+
+CASES = {
+    # ResNet-18's first-stage activation (batch 8): one step for the whole tensor.
+    "activation": Case("activation", (8, 64, 56, 56), bits=4, signed=False, channel_axis=None, relu=True),
+    # ResNet-18's largest 3x3 conv weight (layer4): one step per output channel.
+    "weight": Case("weight", (512, 256, 3, 3), bits=4, signed=True, channel_axis=0, relu=False),
+}
+
+
+@dataclass
+class Inputs:
+    x: torch.Tensor  # requires grad
+    step: torch.Tensor  # float32, requires grad
+    grad_y: torch.Tensor
+    grad_scale: float
+
+
+def make_inputs(case: Case, dtype: torch.dtype, device: torch.device, seed: int = 0) -> Inputs:
+    """Random x, a realistic step (LSQ's init 2*mean|x|/sqrt(qmax), per channel where the case
+    has channels) and a random upstream gradient. Drawn in float32 on the CPU, so every device
+    and dtype sees the same numbers."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(case.shape, generator=gen)
+    if case.relu:
+        x = x.relu()
+    _, qmax = lsq_fast.qrange(case.bits, case.signed)
+    if case.channel_axis is None:
+        step = x.abs().mean().reshape(1)
+        per_step = x.numel()
+    else:
+        reduce_dims = [d for d in range(x.dim()) if d != case.channel_axis]
+        step = x.abs().mean(dim=reduce_dims)
+        per_step = x.numel() // x.shape[case.channel_axis]
+    step = 2 * step / qmax**0.5
+    grad_y = torch.randn(case.shape, generator=gen)
+    return Inputs(
+        x=x.to(device=device, dtype=dtype).requires_grad_(),
+        step=step.to(device).requires_grad_(),
+        grad_y=grad_y.to(device=device, dtype=dtype),
+        grad_scale=lsq_fast.default_grad_scale(per_step, case.bits, case.signed),
+    )
+
+
+# --- providers: each builder returns f(x, step), or None where the provider cannot run the case.
+
+
+def build_lsq_fast(case: Case, inp: Inputs) -> Optional[QuantFn]:
+    kw = dict(signed=case.signed, channel_axis=case.channel_axis, grad_scale=inp.grad_scale, backend="auto")
+    return lambda x, step: lsq_fast.lsq_quantize(x, step, case.bits, **kw)
+
+
+def build_reference(case: Case, inp: Inputs) -> Optional[QuantFn]:
+    kw = dict(signed=case.signed, channel_axis=case.channel_axis, grad_scale=inp.grad_scale)
+    return lambda x, step: lsq_fast.reference.lsq_quantize(x, step, case.bits, **kw)
+
+
+def build_reference_compiled(case: Case, inp: Inputs) -> Optional[QuantFn]:
+    # Dynamo caches compiled graphs per code object, so graphs of earlier cases would count
+    # against its recompile limit and a second shape would turn on dynamic shapes: start each
+    # case from an empty cache and compile for static shapes. Compilation happens in the warm-up.
+    torch._dynamo.reset()
+    compiled = torch.compile(lsq_fast.reference.lsq_quantize, dynamic=False)
+    kw = dict(signed=case.signed, channel_axis=case.channel_axis, grad_scale=inp.grad_scale)
+    return lambda x, step: compiled(x, step, case.bits, **kw)
+
+
+def build_torch_learnable(case: Case, inp: Inputs) -> Optional[QuantFn]:
+    if inp.x.dtype != torch.float32:  # PyTorch's learnable fake-quant ops take float32 only
+        return None
+    qmin, qmax = lsq_fast.qrange(case.bits, case.signed)
+    g = inp.grad_scale  # grad_factor plays LSQ's grad scale
+    zero_point = torch.zeros_like(inp.step)  # float32 zeros, not learned: LSQ has no offset
+    if case.channel_axis is None:
+        return lambda x, step: torch._fake_quantize_learnable_per_tensor_affine(x, step, zero_point, qmin, qmax, g)
+    axis = case.channel_axis
+    return lambda x, step: torch._fake_quantize_learnable_per_channel_affine(
+        x, step, zero_point, axis, qmin, qmax, g
+    )
+
+
+PROVIDERS = {
+    "lsq_fast": build_lsq_fast,
+    "reference": build_reference,
+    "reference+compile": build_reference_compiled,
+    "torch_learnable": build_torch_learnable,
+}
+
+
+def make_thunk(fn: QuantFn, mode: str, inp: Inputs) -> Callable[[], object]:
+    """One timed call of fn in `mode`. autograd.grad rather than backward(): nothing accumulates
+    into .grad, so every call does the same work."""
+    x, step, grad_y = inp.x, inp.step, inp.grad_y
+    if mode == "fwd":
+
+        def run():
+            with torch.no_grad():
+                return fn(x, step)
+
+    else:
+
+        def run():
+            return torch.autograd.grad(fn(x, step), (x, step), grad_y)
+
+    return run
+
+
+def mismatch_fraction(fn: QuantFn, inp: Inputs, expected: torch.Tensor) -> float:
+    """Share of forward outputs that differ from the reference: a guard against timing a
+    provider that computes something else. Rounding ties may legitimately differ for
+    torch_learnable, which multiplies by 1/scale instead of dividing."""
+    with torch.no_grad():
+        y = fn(inp.x, inp.step)
+    return (y != expected).float().mean().item()
+
+
+# --- measurement
+
+
+@dataclass
+class Row:
+    dtype: str
+    case: str
+    mode: str
+    provider: str
+    ms: Optional[float] = None  # None: provider not available for this case and dtype
+    iqr_pct: Optional[float] = None
+    gbps: Optional[float] = None
+    pct_of_copy: Optional[float] = None
+    speedup: Optional[float] = None  # this provider's time / lsq_fast's time
+    inner: Optional[int] = None
+    mismatch: Optional[float] = None
+    other_cpu: Optional[float] = None  # CPU share other processes took during these rounds
+
+
+def copy_ceiling(x: torch.Tensor, rounds: int) -> tuple[float, Optional[float]]:
+    """GB/s of y.copy_(x) into a preallocated y (one read and one write per element), and the
+    CPU share other processes took meanwhile."""
+    src = x.detach()
+    dst = torch.empty_like(src)
+    # A copy takes well under a millisecond: longer samples make the whole measurement last long
+    # enough (a quarter second at 50 rounds) that one short hiccup cannot move the median.
+    timing = interleaved_medians(
+        {"copy": lambda: dst.copy_(src)}, src.device, rounds=rounds, warmup=10, min_sample_s=5e-3
+    )["copy"]
+    return 2 * src.nbytes / timing.median_s / 1e9, timing.other_cpu
+
+
+def runnable_providers(case: Case, inp: Inputs, providers: list[str]) -> tuple[dict[str, QuantFn], dict[str, float]]:
+    """The providers that can run the case, each with its share of outputs differing from the
+    reference. A provider whose first call fails (say torch.compile without a working compiler)
+    is reported and left out rather than ending the benchmark."""
+    with torch.no_grad():
+        expected = build_reference(case, inp)(inp.x, inp.step)
+    fns, mismatch = {}, {}
+    for name in providers:
+        fn = PROVIDERS[name](case, inp)
+        if fn is None:
+            continue
+        try:
+            mismatch[name] = mismatch_fraction(fn, inp, expected)
+        except Exception as e:  # noqa: BLE001 - any failure means "cannot run here"
+            print(f"note: {name} skipped for {case.name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            continue
+        fns[name] = fn
+    return fns, mismatch
+
+
+def bench_case(case: Case, dtype_name: str, providers: list[str], device: torch.device, rounds: int):
+    """Rows of every provider in every mode, plus the copy ceiling (GB/s, other processes' CPU
+    share) of x's size."""
+    inp = make_inputs(case, DTYPES[dtype_name], device)
+    copy_gbps, copy_other_cpu = copy_ceiling(inp.x, rounds)
+    runnable, mismatch = runnable_providers(case, inp, providers)
+
+    rows = []
+    for mode in MODES:
+        thunks = {name: make_thunk(fn, mode, inp) for name, fn in runnable.items()}
+        timings = interleaved_medians(thunks, device, rounds=rounds)
+        bytes_moved = ELEMENTS_MOVED[mode] * inp.x.numel() * inp.x.element_size()
+        base = timings.get("lsq_fast")
+        for name in providers:
+            row = Row(dtype_name, case.name, mode, name, mismatch=mismatch.get(name))
+            fill_row(row, timings.get(name), base, bytes_moved, copy_gbps)
+            rows.append(row)
+    return rows, copy_gbps, copy_other_cpu
+
+
+def fill_row(row: Row, t: Optional[Timing], base: Optional[Timing], bytes_moved: int, copy_gbps: float) -> None:
+    """Fills row's numbers from its timing t (None: the provider did not run) and lsq_fast's."""
+    if t is None:
+        return
+    row.ms = t.median_s * 1e3
+    row.iqr_pct = t.iqr_pct
+    row.inner = t.inner
+    row.other_cpu = t.other_cpu
+    row.gbps = bytes_moved / t.median_s / 1e9
+    row.pct_of_copy = 100.0 * row.gbps / copy_gbps
+    if base is not None and row.provider != "lsq_fast":
+        row.speedup = t.median_s / base.median_s
+
+
+def contention_warnings(rows: list[Row], copy_other_cpu: dict[str, Optional[float]], threshold: float = 0.1):
+    """Lines naming the measurements during which other processes took a noticeable share of
+    the CPU: on a small shared machine a concurrent build can slow a kernel several-fold."""
+    seen = {(r.case, r.mode): r.other_cpu for r in rows if r.other_cpu is not None}
+    seen.update({(case, "copy"): v for case, v in copy_other_cpu.items() if v is not None})
+    busy = [f"{case} {mode} {100 * v:.0f}%" for (case, mode), v in seen.items() if v > threshold]
+    if busy:
+        yield f"warning: other processes used CPU while timing ({', '.join(busy)} of the machine); numbers are contended"
+
+
+# --- environment and output
+
+
+def keep_freed_memory() -> bool:
+    """Stops glibc from handing freed tensor memory back to the kernel (Linux/glibc only).
+
+    By default glibc serves allocations of a few MB with fresh mmap()s, or trims the heap once
+    they are freed, so every call page-faults its outputs and temporaries in again; interleaving
+    providers makes that churn worse and the timings bimodal. Raising the mmap and trim
+    thresholds keeps the pages, as jemalloc/tcmalloc would. On by default: without it, medians
+    of the same build swing by up to 5x from run to run on a small VM. It lowers eager
+    PyTorch's times most (it allocates most); --no-keep-freed-memory measures glibc as it comes.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    libc = ctypes.CDLL(None)
+    # 32 MiB is the largest mmap threshold glibc accepts on 64-bit; tensors above it still mmap.
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> Optional[str]:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        if head.returncode != 0:
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    return {
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "lsq_fast": lsq_fast.__version__,
+        "cpu_isa": lsq_fast.cpu_isa(),
+        "lsq_fast_backend": lsq_fast.available_backends(device)[0],
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+    }
+
+
+def fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def print_table(rows: list[Row], backend: str) -> None:
+    header = ("case", "mode", "provider", "ms", "±IQR", "GB/s", "% of copy", "lsq_fast speed-up")
+    lines = []
+    for r in rows:
+        provider = r.provider if r.provider != "lsq_fast" else f"lsq_fast[{backend}]"
+        if r.mismatch:  # nonzero: flag it next to the name
+            provider += f" (!{100 * r.mismatch:.2g}% differ)"
+        lines.append(
+            (
+                r.case,
+                r.mode,
+                provider,
+                fmt(r.ms, ".3f"),
+                fmt(r.iqr_pct, ".0f", "%"),
+                fmt(r.gbps, ".1f"),
+                fmt(r.pct_of_copy, ".0f", "%"),
+                fmt(r.speedup, ".2f", "x") if r.speedup is not None else ("-" if r.ms is not None else "n/a"),
+            )
+        )
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
+    left = 3  # the first three columns are text, the rest numbers
+    for line in [header, None, *lines]:
+        if line is None:
+            print("  ".join("-" * w for w in widths))
+            continue
+        cells = [c.ljust(w) if j < left else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths))]
+        print("  ".join(cells).rstrip())
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=["float32"])
+    p.add_argument("--rounds", type=int, default=50, help="interleaved timing rounds per case and mode")
+    p.add_argument("--providers", nargs="+", choices=list(PROVIDERS), default=list(PROVIDERS))
+    p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument(
+        "--keep-freed-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="raise glibc's mmap/trim thresholds so that freed tensor memory is reused rather than "
+        "page-faulted in again on every call (default: on)",
+    )
+    args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda asked for, but torch.cuda.is_available() is False")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    env = environment(device)
+    env["keep_freed_memory"] = keep_freed_memory() if args.keep_freed_memory else False
+    # Without duplicates, lsq_fast (the baseline of the speed-ups) first.
+    providers = sorted(dict.fromkeys(args.providers), key=lambda name: name != "lsq_fast")
+
+    all_rows, copy_by_dtype = [], {}
+    for dtype_name in args.dtype:
+        ceilings, copy_other_cpu, rows = {}, {}, []
+        for case_name in args.cases:
+            case_rows, ceilings[case_name], copy_other_cpu[case_name] = bench_case(
+                CASES[case_name], dtype_name, providers, device, args.rounds
+            )
+            rows += case_rows
+        copy_by_dtype[dtype_name] = {c: {"gbps": ceilings[c], "other_cpu": copy_other_cpu[c]} for c in ceilings}
+
+        copy_text = ", ".join(f"{name} {gbps:.1f} GB/s" for name, gbps in ceilings.items())
+        print(
+            f"\n{env['device_name']} ({env['device']}) | dtype {dtype_name} | threads {env['threads']} | "
+            f"ISA {env['cpu_isa']} | torch {env['torch']} | rounds {args.rounds} | "
+            f"keep-freed-memory {'on' if env['keep_freed_memory'] else 'off'} | copy ceiling: {copy_text}"
+        )
+        print_table(rows, env["lsq_fast_backend"])
+        for line in contention_warnings(rows, copy_other_cpu):
+            print(line)
+        sys.stdout.flush()
+        all_rows += rows
+
+    if args.json:
+        out = {
+            "environment": env,
+            "args": {k: v for k, v in vars(args).items() if k != "json"},
+            "bytes_per_element_moved": ELEMENTS_MOVED,
+            "copy_ceiling": copy_by_dtype,
+            "results": [asdict(r) for r in all_rows],
+        }
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
