@@ -38,8 +38,8 @@ def extension():
         "-O3",
         "-std=c++17",
         "-fopenmp",  # at::parallel_for is OpenMP inline code in torch's headers
-        # One rounding per operation on every ISA: no fused multiply-add contraction, so the
-        # kernels give the same bits whichever instruction set the dispatcher picks.
+        # One rounding per operation: no fused multiply-add contraction, so every instruction
+        # set computes the same per-element values (y and grad_x to the bit).
         "-ffp-contract=off",
         "-fno-math-errno",
         "-Wno-unknown-pragmas",  # torch headers carry CUDA-style `#pragma unroll`
