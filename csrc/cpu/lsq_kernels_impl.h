@@ -43,7 +43,7 @@ using at::vec::Vectorized;
 constexpr int64_t kBlock = 16384;           // elements per work item
 constexpr int64_t kMinSegment = 64;         // shorter channel runs use pattern mode
 constexpr int64_t kPatternColumns = 1024;   // columns per pattern-mode work item (about)
-constexpr int64_t kFoldSteps = 16;          // float32 terms per lane before folding to float64
+constexpr int64_t kFoldSteps = 64;  // float32 terms per lane before folding to float64: error <= 63 * 2^-24 = 3.8e-6 of sum|terms|
 constexpr int64_t kParallelElements = 32768;  // smaller calls stay on the calling thread
 
 template <typename T>
