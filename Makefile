@@ -4,7 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch is pinned: the local CPU wheel. An unpinned torch would pull the registry's CUDA build.
 TORCH_SPEC ?= torch==2.13.0
-SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h)
+# Triton as on the GPU image, for its CPU interpreter (TRITON_INTERPRET=1) in the tests. Its
+# interpreter turns 1-element arrays into ints, which NumPy 2.4 refuses: hence numpy<2.4.
+TRITON_SPEC ?= triton==3.6.0
+NUMPY_SPEC ?= numpy<2.4
+SOURCES := setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h)
 INSTALLED := $(VENV)/.lsq_fast-installed
 JOBS ?= 2
 
@@ -21,7 +25,7 @@ $(PY):
 
 # Dependencies first (torch pinned), then lsq_fast itself against that torch.
 $(INSTALLED): $(PY) $(SOURCES)
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)" ninja numpy "pytest>=8" "pytest-benchmark>=4"
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" "$(TRITON_SPEC)" "$(NUMPY_SPEC)" ninja "pytest>=8" "pytest-benchmark>=4"
 	MAX_JOBS=$(JOBS) $(PY) -m pip install --quiet --no-build-isolation --no-deps -e ".[test,bench]"
 	@touch $@
 

@@ -71,9 +71,10 @@ setup(
     description="Fused kernels for Learned Step Size Quantization (LSQ) and its relatives",
     packages=find_packages(include=["lsq_fast", "lsq_fast.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.5"],
+    install_requires=["torch>=2.6"],  # torch.library.triton_op / wrap_triton
     extras_require={
-        "test": ["pytest>=8", "numpy"],
+        "triton": ["triton>=3.2"],  # backend="triton"; CUDA builds of torch bring it
+        "test": ["pytest>=8", "numpy<2.4"],  # numpy<2.4: Triton 3.6's CPU interpreter
         "bench": ["pytest-benchmark>=4"],
     },
     ext_modules=[extension()],

@@ -32,28 +32,40 @@ def default_grad_scale(numel_per_step: int, bits: int, signed: bool) -> float:
 
     An empty tensor has no gradient to scale, so N = 0 counts as 1 (the kernels do the same).
     """
-    _, qmax = qrange(bits, signed)
+    return grad_scale_for_qmax(numel_per_step, qrange(bits, signed)[1])
+
+
+def grad_scale_for_qmax(numel_per_step: int, qmax: int) -> float:
+    """default_grad_scale for ops that receive the grid (qmin, qmax) rather than bits."""
     return 1.0 / math.sqrt(max(int(numel_per_step), 1) * qmax)
 
 
 def check_args(x: torch.Tensor, step: torch.Tensor, bits: int, signed: bool, channel_axis: int | None):
     """Validates a quantizer call; returns (qmin, qmax, channel_axis wrapped to >= 0 or None)."""
+    qmin, qmax = qrange(bits, signed)
+    return qmin, qmax, check_op_args(x, step, qmin, qmax, channel_axis)
+
+
+def check_op_args(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, channel_axis: int | None):
+    """The checks of an op that takes the grid (qmin, qmax): the Python twin of the C++ ops'
+    check_lsq_args (csrc/lsq_host.cpp), same messages. Returns channel_axis wrapped to >= 0."""
     if not isinstance(x, torch.Tensor) or not isinstance(step, torch.Tensor):
         raise TypeError("lsq_fast: x and step must be tensors")
-    qmin, qmax = qrange(bits, signed)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"lsq_fast: x must be float32, float16, bfloat16 or float64, got {x.dtype}")
     if not (step.dtype == torch.float32 or (step.dtype == torch.float64 and x.dtype == torch.float64)):
         raise TypeError(f"lsq_fast: step must be float32 (float64 allowed only with float64 x), got {step.dtype}")
     if x.device != step.device:
         raise ValueError(f"lsq_fast: x and step must be on the same device, got x on {x.device} and step on {step.device}")
+    if not qmin < qmax:
+        raise ValueError(f"lsq_fast: need qmin < qmax, got qmin={qmin} qmax={qmax}")
     if channel_axis is None:
         if step.numel() != 1:
             raise ValueError(
                 f"lsq_fast: per-tensor quantization needs a step with one element, got {step.numel()} "
                 "(pass channel_axis for per-channel steps)"
             )
-        return qmin, qmax, None
+        return None
     if isinstance(channel_axis, bool) or not isinstance(channel_axis, int):
         raise TypeError(f"lsq_fast: channel_axis must be an int or None, got {type(channel_axis).__name__}")
     if not -x.dim() <= channel_axis < x.dim() or x.dim() == 0:
@@ -63,7 +75,16 @@ def check_args(x: torch.Tensor, step: torch.Tensor, bits: int, signed: bool, cha
         raise ValueError(
             f"lsq_fast: per-channel step must have x.shape[{axis}] = {x.shape[axis]} elements, got {step.numel()}"
         )
-    return qmin, qmax, axis
+    return axis
+
+
+def check_grad_like(grad_y: torch.Tensor, x: torch.Tensor) -> None:
+    if grad_y.shape != x.shape:
+        raise ValueError(f"lsq_fast: grad_y has shape {list(grad_y.shape)} but x has shape {list(x.shape)}")
+    if grad_y.dtype != x.dtype:
+        raise TypeError(f"lsq_fast: grad_y is {grad_y.dtype} but x is {x.dtype}")
+    if grad_y.device != x.device:
+        raise ValueError(f"lsq_fast: grad_y is on {grad_y.device} but x is on {x.device}")
 
 
 def check_grad_scale(grad_scale: float | None) -> float | None:
@@ -74,6 +95,15 @@ def check_grad_scale(grad_scale: float | None) -> float | None:
     if not math.isfinite(grad_scale):
         raise ValueError(f"lsq_fast: grad_scale must be finite, got {grad_scale}")
     return float(grad_scale)
+
+
+def check_step_values(step: torch.Tensor) -> None:
+    """A step that is not positive and finite is a ValueError where reading it is free (CPU
+    tensors, eager mode); elsewhere the kernels clamp it to STEP_FLOOR, without a host sync."""
+    if step.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    if not bool(torch.all(torch.isfinite(step) & (step > 0))):
+        raise ValueError(f"lsq_fast: step must be positive and finite, got {step.detach().flatten().tolist()[:8]}")
 
 
 def numel_per_step(x: torch.Tensor, channel_axis: int | None) -> int:

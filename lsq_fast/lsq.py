@@ -6,8 +6,7 @@ import torch
 
 from . import reference
 from ._args import check_args, check_grad_scale
-from ._ops import ops
-from .backends import resolve_backend
+from .backends import lsq_ops, resolve_backend
 
 
 def lsq_quantize(
@@ -34,7 +33,8 @@ def lsq_quantize(
         channel_axis: None for one step, else the axis (negative allowed) the steps run along.
         grad_scale: multiplier of the step gradient; None means LSQ's 1/sqrt(N * qmax) with N the
             elements per step; 1.0 turns scaling off.
-        backend: "auto" (fastest for x's device), "cpu", "reference"; "triton" and "cuda" where built.
+        backend: "auto" (the fastest for x's device: "cpu" on CPU tensors, "triton" on CUDA
+            tensors), "cpu", "triton", "reference"; see :func:`lsq_fast.available_backends`.
 
     Returns:
         A tensor of x's dtype, shape, device (and layout, for dense x). Gradients flow to x
@@ -43,6 +43,8 @@ def lsq_quantize(
     """
     qmin, qmax, axis = check_args(x, step, bits, signed, channel_axis)
     g = check_grad_scale(grad_scale)
-    if resolve_backend(backend, x.device) == "reference":
+    backend = resolve_backend(backend, x.device)
+    if backend == "reference":
         return reference.lsq_quantize(x, step, bits, signed=signed, channel_axis=axis, grad_scale=g)
-    return ops.lsq_forward(x, step, qmin, qmax, axis, g)
+    forward, _ = lsq_ops(backend)
+    return forward(x, step, qmin, qmax, axis, g)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._args import STEP_FLOOR, check_args, check_grad_scale, default_grad_scale, numel_per_step
+from ._args import STEP_FLOOR, check_args, check_grad_scale, check_step_values, default_grad_scale, numel_per_step
 
 
 def gradscale(t: torch.Tensor, scale: float) -> torch.Tensor:
@@ -27,18 +27,11 @@ def gradscale(t: torch.Tensor, scale: float) -> torch.Tensor:
 def roundpass(u: torch.Tensor) -> torch.Tensor:
     """round(u) in the forward pass, identity gradient (straight-through estimator).
 
-    Exact: for |u| <= 2^23, round(u) - u is computed without rounding error, so
-    u + (round(u) - u) == round(u).
+    The paper writes (u.round() - u).detach() + u, which is round(u) except for the sign of
+    zero: for u in (-0.5, 0], round(u) is -0.0 but the sum is +0.0. Subtracting an exactly
+    zero difference keeps round(u) to the bit (a - (+0.0) == a, -0.0 included).
     """
-    return (u.round() - u).detach() + u
-
-
-def _check_step_values(step: torch.Tensor) -> None:
-    # Reading values is free only on the CPU; elsewhere the quantizer clamps to STEP_FLOOR.
-    if step.device.type != "cpu" or torch.compiler.is_compiling():
-        return
-    if not bool(torch.all(torch.isfinite(step) & (step > 0))):
-        raise ValueError(f"lsq_fast: step must be positive and finite, got {step.detach().flatten().tolist()[:8]}")
+    return u.round() - (u.detach() - u)
 
 
 def lsq_quantize(
@@ -55,7 +48,7 @@ def lsq_quantize(
     g = check_grad_scale(grad_scale)
     if g is None:
         g = default_grad_scale(numel_per_step(x, axis), bits, signed)
-    _check_step_values(step)
+    check_step_values(step)
 
     math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     s = gradscale(step.to(math_dtype).clamp_min(STEP_FLOOR), g)

@@ -1,14 +1,25 @@
 import os
 import random
+from typing import NamedTuple
 
 import pytest
 import torch
 
+# Without a GPU, Triton kernels run on CPU tensors through Triton's interpreter. It has to be
+# chosen before Triton compiles anything, so here, before the first test. torch.cuda.is_available
+# asks the driver for a device count; it creates no CUDA context.
+if "TRITON_INTERPRET" not in os.environ and not (torch.version.cuda and torch.cuda.is_available()):
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import lsq_fast  # noqa: E402
+
 
 def pytest_report_header(config):
-    import lsq_fast
-
-    return f"lsq_fast CPU kernels: {lsq_fast.cpu_isa()}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    interp = "Triton interpreter on CPU tensors" if lsq_fast.backends.triton_interpreting() else "Triton compiled"
+    return (
+        f"lsq_fast CPU kernels: {lsq_fast.cpu_isa()}; {interp}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
 
 @pytest.fixture
@@ -19,3 +30,32 @@ def seed(request):
     request.node.user_properties.append(("seed", value))
     print(f"seed = {value} (replay with LSQ_FAST_TEST_SEED={value})")
     return value
+
+
+class Impl(NamedTuple):
+    """A fused backend and the device its tensors live on."""
+
+    device: str
+    backend: str
+
+    def put(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.device)  # keeps the strides of dense tensors (channels_last, transposes)
+
+
+_IMPLS = {
+    "cpu": Impl("cpu", "cpu"),
+    "triton-interpreter": Impl("cpu", "triton"),
+    "triton-cuda": Impl("cuda", "triton"),
+}
+
+
+@pytest.fixture(params=[pytest.param(name, marks=[pytest.mark.gpu] if "cuda" in name else []) for name in _IMPLS])
+def impl(request) -> Impl:
+    """Each fused backend in turn: the CPU kernels, the Triton kernels under the interpreter
+    (CI), the Triton kernels on a GPU. Those that cannot run here skip, at setup time."""
+    chosen = _IMPLS[request.param]
+    if chosen.device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if chosen.backend not in lsq_fast.available_backends(chosen.device):
+        pytest.skip(f"backend {chosen.backend!r} does not run on {chosen.device} tensors in this process")
+    return chosen

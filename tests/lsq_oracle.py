@@ -17,17 +17,35 @@ def make_step(channels: int, dtype=torch.float32, power_of_two: bool = False) ->
 
 
 def make_x(shape, step: torch.Tensor, bits: int, signed: bool, channel_axis, dtype=torch.float32) -> torch.Tensor:
-    """Random values over the whole grid and past both ends, mixed with exact ties (k + 1/2)
-    and exact clip points (qmin, qmax) where the step allows."""
+    """Random values over the whole grid and past both ends, mixed with exact ties (k + 1/2),
+    exact clip points (qmin, qmax) where the step allows, and -0.0 and small negatives (whose
+    round is -0.0: the sign of zero is part of the bit-exact forward)."""
     qmin, qmax = lsq_fast.qrange(bits, signed)
     s = step.to(torch.float64)
     s = s.reshape(()) if channel_axis is None else s.reshape([-1 if d == channel_axis % len(shape) else 1 for d in range(len(shape))])
     u = torch.empty(shape, dtype=torch.float64).uniform_(qmin - 3, qmax + 3)
-    kind = torch.randint(0, 4, shape)
+    kind = torch.randint(0, 8, shape)
     ties = torch.randint(qmin, qmax, shape).to(torch.float64) + 0.5
     clips = torch.where(torch.rand(shape) < 0.5, float(qmin), float(qmax)).to(torch.float64)
-    u = torch.where(kind == 1, ties, torch.where(kind == 2, clips, u))
+    zeros = torch.where(torch.rand(shape) < 0.5, -0.0, -0.25).to(torch.float64)
+    u = torch.where(kind >= 5, ties, u)
+    u = torch.where(kind >= 6, clips, u)
+    u = torch.where(kind == 7, zeros, u)
     return (u * s).to(dtype)
+
+
+_SAME_WIDTH_INT = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def assert_same_bits(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Bit for bit, the sign of zero included (torch.equal calls -0.0 and +0.0 equal); any NaN
+    matches any NaN."""
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    bits = _SAME_WIDTH_INT[actual.dtype]
+    differ = actual.contiguous().view(bits) != expected.contiguous().view(bits)
+    differ &= ~(actual.isnan() & expected.isnan())
+    where = differ.nonzero()[:5].tolist()
+    assert not differ.any(), f"differs at {where}: {actual[differ][:5].tolist()} vs {expected[differ][:5].tolist()}"
 
 
 def u_in_math(x: torch.Tensor, step: torch.Tensor, channel_axis) -> torch.Tensor:

@@ -27,21 +27,22 @@ def inputs_outside_disputed_bands(shape, step, qmin, qmax, channel_axis):
 
 @pytest.mark.parametrize("bits,signed", [(2, True), (4, True), (8, True), (1, False), (4, False), (8, False)])
 @pytest.mark.parametrize("channel_axis", [None, 0, 1])
-def test_matches_torch_learnable_fake_quant(seed, bits, signed, channel_axis):
+def test_matches_torch_learnable_fake_quant(impl, seed, bits, signed, channel_axis):
     qmin, qmax = lsq_fast.qrange(bits, signed)
     shape = (6, 10, 7)
     channels = 1 if channel_axis is None else shape[channel_axis]
     step = make_step(channels, power_of_two=True)
-    x = inputs_outside_disputed_bands(shape, step, qmin, qmax, channel_axis)
-    grad_y = torch.randn(shape)
+    x = impl.put(inputs_outside_disputed_bands(shape, step, qmin, qmax, channel_axis))
+    step = impl.put(step)
+    grad_y = impl.put(torch.randn(shape))
     g = 0.37
 
     x1, s1 = x.clone().requires_grad_(), step.clone().requires_grad_()
-    y1 = lsq_fast.lsq_quantize(x1, s1, bits, signed=signed, channel_axis=channel_axis, grad_scale=g)
+    y1 = lsq_fast.lsq_quantize(x1, s1, bits, signed=signed, channel_axis=channel_axis, grad_scale=g, backend=impl.backend)
     gx1, gs1 = torch.autograd.grad(y1, (x1, s1), grad_y)
 
     x2, s2 = x.clone().requires_grad_(), step.clone().requires_grad_()
-    zero_point = torch.zeros(channels)
+    zero_point = impl.put(torch.zeros(channels))
     if channel_axis is None:
         y2 = torch._fake_quantize_learnable_per_tensor_affine(x2, s2, zero_point, qmin, qmax, g)
     else:

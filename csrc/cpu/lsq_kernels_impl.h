@@ -90,7 +90,9 @@ struct LsqMath {
 
   Vec quantize(const Vec& x, const Vec& s) const {
     const Vec u = x / s;
-    const Vec clipped = Vec::blendv(Vec::blendv(u, qmin, u <= qmin), qmax, u >= qmax);
+    // Strict comparisons, as the reference's hardtanh (a clamp): u == -0.0 with qmin == 0 stays
+    // -0.0, and the sign of zero is part of the bit-exact forward.
+    const Vec clipped = Vec::blendv(Vec::blendv(u, qmin, u < qmin), qmax, u > qmax);
     return clipped.round() * s;
   }
 

@@ -1,0 +1,69 @@
+"""How a dense tensor's memory looks to a per-channel kernel: a [rows, cols] matrix in which
+one step size covers the whole tensor, each row, or each column."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+# How the step is indexed inside a kernel (a tl.constexpr): STEP_ONE for per-tensor,
+# STEP_PER_ROW when row r uses step[r % channels], STEP_PER_COL when column c uses step[c].
+STEP_ONE, STEP_PER_ROW, STEP_PER_COL = 0, 1, 2
+
+
+def is_dense(x: torch.Tensor) -> bool:
+    """True when x covers a gap-free block of memory in some dimension order (contiguous,
+    channels_last, any permutation): such a tensor is read in place, in memory order."""
+    expected = 1
+    for size, stride in sorted(((s, st) for s, st in zip(x.shape, x.stride()) if s != 1), key=lambda p: p[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def dense(x: torch.Tensor) -> torch.Tensor:
+    return x if is_dense(x) else x.contiguous()
+
+
+def like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """t with x's strides (copied only when they differ), so both are walked in one order."""
+    if t.dtype == x.dtype and all(st == sx for n, st, sx in zip(x.shape, t.stride(), x.stride()) if n != 1):
+        return t
+    return torch.empty_like(x).copy_(t)
+
+
+@dataclass(frozen=True)
+class MatrixView:
+    """x's memory as a row-major [rows, cols] matrix, and which step covers which element."""
+
+    rows: int
+    cols: int
+    channels: int
+    step_mode: int
+
+    @property
+    def outer(self) -> int:
+        """Rows that share a channel (STEP_PER_ROW): the memory is [outer][channels][cols]."""
+        return self.rows // self.channels if self.step_mode == STEP_PER_ROW else 1
+
+
+def matrix_view(x: torch.Tensor, channel_axis: int | None) -> MatrixView:
+    """The view of a dense x: per-tensor is one long row; a channel axis of stride `inner`
+    splits memory into [outer][C][inner], which is rows of length inner (a step per row),
+    or, when the channel axis is the fastest (channels_last activations, the last axis),
+    rows of C columns (a step per column). Every axis is read in place, none copied."""
+    numel = x.numel()
+    if channel_axis is None or x.shape[channel_axis] == 1:
+        return MatrixView(1, numel, 1, STEP_ONE)
+    channels = x.shape[channel_axis]
+    inner = x.stride(channel_axis)
+    if inner == 1:
+        return MatrixView(numel // channels, channels, channels, STEP_PER_COL)
+    return MatrixView(numel // inner, inner, channels, STEP_PER_ROW)
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))

@@ -1,0 +1,57 @@
+"""Block shapes and warps per size class: the launch configuration of the elementwise kernels.
+
+The choice is a pure function of the shape (never of a timing), for two reasons: no host sync
+(the ops can be captured in a CUDA graph), and a step gradient that rounds the same way on
+every run, since the tile decides which elements each float32 partial sums. Tile sizes follow
+the usual recipe for memory-bound kernels: 16 elements (four 16-byte loads of float32) per
+thread at 8 warps for large tensors. A small tensor is a single program, and a weight's rows
+(one per output channel) are never split, so that a layer's weight quantizer is one launch
+forward and one backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .layout import STEP_PER_ROW, MatrixView, next_power_of_2
+
+SINGLE_PROGRAM_MAX = 4096  # up to here the whole tensor is one program (one launch)
+LARGE_TILE, LARGE_WARPS = 4096, 8
+MEDIUM_TILE, MEDIUM_WARPS = 2048, 4
+MEDIUM_MAX = 1 << 20
+WHOLE_ROW_MAX = 16384  # a weight's row (one output channel) up to this long is one program's
+
+
+@dataclass(frozen=True)
+class Tile:
+    block_rows: int
+    block_cols: int
+    num_warps: int
+    grid_rows: int
+    grid_cols: int
+
+    @property
+    def programs(self) -> int:
+        return self.grid_rows * self.grid_cols
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def pick_tile(view: MatrixView) -> Tile:
+    numel = view.rows * view.cols
+    if numel <= SINGLE_PROGRAM_MAX:
+        elements, warps = max(next_power_of_2(numel), 16), max(1, min(4, numel // 1024))
+    elif numel <= MEDIUM_MAX:
+        elements, warps = MEDIUM_TILE, MEDIUM_WARPS
+    else:
+        elements, warps = LARGE_TILE, LARGE_WARPS
+    block_cols = min(next_power_of_2(view.cols), elements)
+    if view.step_mode == STEP_PER_ROW and view.outer == 1 and block_cols < view.cols <= WHOLE_ROW_MAX:
+        # Weights: a program takes whole rows, so each channel's step gradient is finished in
+        # the backward kernel itself, with no second launch. More warps keep registers in hand.
+        block_cols = next_power_of_2(view.cols)
+        warps = max(warps, min(16, block_cols // 512))
+    block_rows = min(max(1, elements // block_cols), next_power_of_2(view.rows))
+    return Tile(block_rows, block_cols, warps, _cdiv(view.rows, block_rows), _cdiv(view.cols, block_cols))

@@ -1,0 +1,58 @@
+"""How the Triton backend lays a tensor out for its kernels (pure Python: no kernel runs).
+
+The plan decides which elements share a step and how many launches a call takes; tests of the
+numbers themselves are in test_lsq_contract.py."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+from lsq_fast._triton.layout import STEP_ONE, STEP_PER_COL, STEP_PER_ROW, is_dense, matrix_view  # noqa: E402
+from lsq_fast._triton.tiles import pick_tile  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "make,axis,want",
+    [
+        (lambda: torch.empty(8, 64, 56, 56), None, (1, 8 * 64 * 56 * 56, 1, STEP_ONE)),
+        (lambda: torch.empty(512, 256, 3, 3), 0, (512, 2304, 512, STEP_PER_ROW)),
+        (lambda: torch.empty(8, 64, 7, 7), 1, (512, 49, 64, STEP_PER_ROW)),
+        (lambda: torch.empty(8, 64, 7, 7).to(memory_format=torch.channels_last), 1, (392, 64, 64, STEP_PER_COL)),
+        (lambda: torch.empty(40, 3000), 1, (40, 3000, 3000, STEP_PER_COL)),
+        (lambda: torch.empty(12, 10).t(), 0, (12, 10, 10, STEP_PER_COL)),  # axis 0 of the transpose is the fast one
+        (lambda: torch.empty(4, 1, 5), 1, (1, 20, 1, STEP_ONE)),  # one channel is per-tensor
+    ],
+)
+def test_matrix_view(make, axis, want):
+    x = make()
+    view = matrix_view(x, axis)
+    assert (view.rows, view.cols, view.channels, view.step_mode) == want
+
+
+def test_dense_layouts_are_read_in_place():
+    assert is_dense(torch.empty(3, 4, 5).permute(2, 0, 1))
+    assert is_dense(torch.empty(2, 3, 4, 5).to(memory_format=torch.channels_last))
+    assert is_dense(torch.empty(3, 1, 4)[:, :, :])
+    assert not is_dense(torch.empty(4, 6)[:, ::2])
+    assert not is_dense(torch.empty(4, 1).expand(4, 3))
+
+
+@pytest.mark.parametrize(
+    "shape,axis",
+    [((64, 64, 3, 3), 0), ((512, 512, 3, 3), 0), ((64, 3, 7, 7), 0), ((1000, 512), 0), ((4096, 11008), 0), ((4096,), None)],
+)
+def test_layer_sized_quantizers_finish_the_step_gradient_in_one_launch(shape, axis):
+    """Weights (a step per row of whole rows) and small per-tensor quantizers need no second,
+    reducing launch: each channel's sum is complete in one program."""
+    view = matrix_view(torch.empty(shape), axis)
+    tile = pick_tile(view)
+    per_channel = tile.programs if view.step_mode == STEP_ONE else view.outer * tile.grid_cols
+    assert per_channel == 1
+
+
+@pytest.mark.parametrize("numel", [1, 17, 4096, 4097, 1 << 20, (1 << 20) + 1, 1 << 26])
+def test_tiles_cover_the_tensor(numel):
+    view = matrix_view(torch.empty(numel), None)
+    tile = pick_tile(view)
+    assert tile.block_rows == 1 and tile.block_cols & (tile.block_cols - 1) == 0
+    assert tile.grid_cols * tile.block_cols >= numel and (tile.grid_cols - 1) * tile.block_cols < numel
