@@ -2,14 +2,18 @@
 
     .venv/bin/python benchmarks/bench_lsq.py                      # what `make bench` runs
     .venv/bin/python benchmarks/bench_lsq.py --dtype float32 bfloat16 --rounds 10 --json out.json
+    python benchmarks/bench_lsq.py --suite sizes resnet18 --dtype float32 bfloat16 --markdown out.md
+
+Suites of tensors: benchmarks/cases.py (main, sizes 4K-64M, every ResNet-18 layer tensor).
 
 Providers (each a function f(x, step) -> y with the case's bits/signed/axis/grad scale baked in):
-  lsq_fast           lsq_fast.lsq_quantize, backend="auto" (on CUDA that is the reference for now)
+  lsq_fast           lsq_fast.lsq_quantize, backend="auto" ("cpu" on CPU, "triton" on CUDA) or --backend
   reference          lsq_fast.reference.lsq_quantize, eager PyTorch
   reference+compile  torch.compile of the reference, compiled once per case and dtype
   torch_learnable    torch._fake_quantize_learnable_per_{tensor,channel}_affine (float32 only)
 
-Modes: "fwd" is f under torch.no_grad(); "fwd+bwd" is f then torch.autograd.grad to (x, step).
+Modes: "fwd" is f under torch.no_grad(); "bwd" is torch.autograd.grad to (x, step) of an output
+computed once beforehand (the graph retained); "fwd+bwd" is f then torch.autograd.grad.
 
 GB/s is the traffic the contract needs, whatever a provider really moves: the forward reads x
 and writes y (2 elements), the backward reads x and grad_y and writes grad_x (3 elements), so
@@ -24,7 +28,11 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
+import importlib.metadata
+import itertools
 import json
+import math
+import os
 import platform
 import subprocess
 import sys
@@ -35,93 +43,62 @@ from typing import Callable, Optional
 import torch
 
 import lsq_fast
-from timing import Timing, interleaved_medians  # benchmarks/ is on sys.path when run as a script
+from cases import SUITES, Case, Inputs, make_inputs  # benchmarks/ is on sys.path when run as a script
+from timing import Timing, interleaved_medians
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MODES = ("fwd", "fwd+bwd")
+MODES = ("fwd", "bwd", "fwd+bwd")
 # Elements of x's size that each mode must read or write (see the module docstring).
-ELEMENTS_MOVED = {"fwd": 2, "fwd+bwd": 5}
+ELEMENTS_MOVED = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}
 
 QuantFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    shape: tuple[int, ...]
-    bits: int
-    signed: bool
-    channel_axis: Optional[int]
-    relu: bool  # activations after a ReLU are non-negative: the unsigned grid's use
-
-
-CASES = {
-    # ResNet-18's first-stage activation (batch 8): one step for the whole tensor.
-    "activation": Case("activation", (8, 64, 56, 56), bits=4, signed=False, channel_axis=None, relu=True),
-    # ResNet-18's largest 3x3 conv weight (layer4): one step per output channel.
-    "weight": Case("weight", (512, 256, 3, 3), bits=4, signed=True, channel_axis=0, relu=False),
-}
-
-
-@dataclass
-class Inputs:
-    x: torch.Tensor  # requires grad
-    step: torch.Tensor  # float32, requires grad
-    grad_y: torch.Tensor
-    grad_scale: float
-
-
-def make_inputs(case: Case, dtype: torch.dtype, device: torch.device, seed: int = 0) -> Inputs:
-    """Random x, a realistic step (LSQ's init 2*mean|x|/sqrt(qmax), per channel where the case
-    has channels) and a random upstream gradient. Drawn in float32 on the CPU, so every device
-    and dtype sees the same numbers."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(case.shape, generator=gen)
-    if case.relu:
-        x = x.relu()
-    _, qmax = lsq_fast.qrange(case.bits, case.signed)
-    if case.channel_axis is None:
-        step = x.abs().mean().reshape(1)
-        per_step = x.numel()
-    else:
-        reduce_dims = [d for d in range(x.dim()) if d != case.channel_axis]
-        step = x.abs().mean(dim=reduce_dims)
-        per_step = x.numel() // x.shape[case.channel_axis]
-    step = 2 * step / qmax**0.5
-    grad_y = torch.randn(case.shape, generator=gen)
-    return Inputs(
-        x=x.to(device=device, dtype=dtype).requires_grad_(),
-        step=step.to(device).requires_grad_(),
-        grad_y=grad_y.to(device=device, dtype=dtype),
-        grad_scale=lsq_fast.default_grad_scale(per_step, case.bits, case.signed),
-    )
 
 
 # --- providers: each builder returns f(x, step), or None where the provider cannot run the case.
 
 
-def build_lsq_fast(case: Case, inp: Inputs) -> Optional[QuantFn]:
-    kw = dict(signed=case.signed, channel_axis=case.channel_axis, grad_scale=inp.grad_scale, backend="auto")
+@dataclass(frozen=True)
+class Options:
+    backend: str = "auto"  # lsq_fast's backend
+    compile_dynamic: bool = False  # compile the reference once for all shapes
+
+
+def build_lsq_fast(case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
+    kw = dict(signed=case.signed, channel_axis=case.channel_axis, grad_scale=inp.grad_scale, backend=opts.backend)
     return lambda x, step: lsq_fast.lsq_quantize(x, step, case.bits, **kw)
 
 
-def build_reference(case: Case, inp: Inputs) -> Optional[QuantFn]:
+def build_reference(case: Case, inp: Inputs, opts: Options = Options()) -> Optional[QuantFn]:
     kw = dict(signed=case.signed, channel_axis=case.channel_axis, grad_scale=inp.grad_scale)
     return lambda x, step: lsq_fast.reference.lsq_quantize(x, step, case.bits, **kw)
 
 
-def build_reference_compiled(case: Case, inp: Inputs) -> Optional[QuantFn]:
+def build_reference_compiled(case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
     # Dynamo caches compiled graphs per code object, so graphs of earlier cases would count
     # against its recompile limit and a second shape would turn on dynamic shapes: start each
     # case from an empty cache and compile for static shapes. Compilation happens in the warm-up.
-    torch._dynamo.reset()
-    compiled = torch.compile(lsq_fast.reference.lsq_quantize, dynamic=False)
+    # With --compile-dynamic, one graph with symbolic shapes serves every case (many cases, a
+    # lease's minutes), compiled on first use.
+    if opts.compile_dynamic:
+        compiled = _dynamic_reference()
+    else:
+        torch._dynamo.reset()
+        compiled = torch.compile(lsq_fast.reference.lsq_quantize, dynamic=False)
     kw = dict(signed=case.signed, channel_axis=case.channel_axis, grad_scale=inp.grad_scale)
     return lambda x, step: compiled(x, step, case.bits, **kw)
 
 
-def build_torch_learnable(case: Case, inp: Inputs) -> Optional[QuantFn]:
+_DYNAMIC_REFERENCE = []
+
+
+def _dynamic_reference():
+    if not _DYNAMIC_REFERENCE:
+        _DYNAMIC_REFERENCE.append(torch.compile(lsq_fast.reference.lsq_quantize, dynamic=True))
+    return _DYNAMIC_REFERENCE[0]
+
+
+def build_torch_learnable(case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
     if inp.x.dtype != torch.float32:  # PyTorch's learnable fake-quant ops take float32 only
         return None
     qmin, qmax = lsq_fast.qrange(case.bits, case.signed)
@@ -143,20 +120,44 @@ PROVIDERS = {
 }
 
 
-def make_thunk(fn: QuantFn, mode: str, inp: Inputs) -> Callable[[], object]:
-    """One timed call of fn in `mode`. autograd.grad rather than backward(): nothing accumulates
-    into .grad, so every call does the same work."""
-    x, step, grad_y = inp.x, inp.step, inp.grad_y
+def rotation(inp: Inputs, device: torch.device) -> list[Inputs]:
+    """Input sets that the timed calls cycle through. On a GPU a tensor that fits in L2 would
+    be timed from the cache if every call reused it, so there the sets are copies whose total
+    is twice the L2 size (at most 64 sets: below that size, launch latency rules anyway)."""
+    if device.type != "cuda":
+        return [inp]
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size
+    count = min(64, max(1, math.ceil(2 * l2 / (2 * inp.x.nbytes))))
+    copies = [
+        Inputs(inp.x.detach().clone().requires_grad_(), inp.step, inp.grad_y.clone(), inp.grad_scale)
+        for _ in range(count - 1)
+    ]
+    return [inp, *copies]
+
+
+def make_thunk(fn: QuantFn, mode: str, sets: list[Inputs]) -> Callable[[], object]:
+    """One timed call of fn in `mode`, on the next input set. autograd.grad rather than
+    backward(): nothing accumulates into .grad, so every call does the same work."""
+    turn = itertools.cycle(sets)
     if mode == "fwd":
 
         def run():
+            inp = next(turn)
             with torch.no_grad():
-                return fn(x, step)
+                return fn(inp.x, inp.step)
+
+    elif mode == "bwd":
+        outputs = itertools.cycle([(fn(inp.x, inp.step), inp) for inp in sets])
+
+        def run():
+            y, inp = next(outputs)
+            return torch.autograd.grad(y, (inp.x, inp.step), inp.grad_y, retain_graph=True)
 
     else:
 
         def run():
-            return torch.autograd.grad(fn(x, step), (x, step), grad_y)
+            inp = next(turn)
+            return torch.autograd.grad(fn(inp.x, inp.step), (inp.x, inp.step), inp.grad_y)
 
     return run
 
@@ -179,6 +180,8 @@ class Row:
     case: str
     mode: str
     provider: str
+    numel: int = 0
+    count: int = 1
     ms: Optional[float] = None  # None: provider not available for this case and dtype
     iqr_pct: Optional[float] = None
     gbps: Optional[float] = None
@@ -189,20 +192,24 @@ class Row:
     other_cpu: Optional[float] = None  # CPU share other processes took during these rounds
 
 
-def copy_ceiling(x: torch.Tensor, rounds: int) -> tuple[float, Optional[float]]:
-    """GB/s of y.copy_(x) into a preallocated y (one read and one write per element), and the
-    CPU share other processes took meanwhile."""
-    src = x.detach()
-    dst = torch.empty_like(src)
+def copy_ceiling(sets: list[Inputs], rounds: int) -> tuple[float, Optional[float]]:
+    """GB/s of y.copy_(x) into a preallocated y (one read and one write per element), cycling
+    through the same input sets as the providers, and the CPU share other processes took meanwhile."""
+    pairs = itertools.cycle([(inp.x.detach(), torch.empty_like(inp.x)) for inp in sets])
+
+    def copy():
+        src, dst = next(pairs)
+        return dst.copy_(src)
+
     # A copy takes well under a millisecond: longer samples make the whole measurement last long
     # enough (a quarter second at 50 rounds) that one short hiccup cannot move the median.
-    timing = interleaved_medians(
-        {"copy": lambda: dst.copy_(src)}, src.device, rounds=rounds, warmup=10, min_sample_s=5e-3
-    )["copy"]
-    return 2 * src.nbytes / timing.median_s / 1e9, timing.other_cpu
+    timing = interleaved_medians({"copy": copy}, sets[0].x.device, rounds=rounds, warmup=10, min_sample_s=5e-3)["copy"]
+    return 2 * sets[0].x.nbytes / timing.median_s / 1e9, timing.other_cpu
 
 
-def runnable_providers(case: Case, inp: Inputs, providers: list[str]) -> tuple[dict[str, QuantFn], dict[str, float]]:
+def runnable_providers(
+    case: Case, inp: Inputs, providers: list[str], opts: Options
+) -> tuple[dict[str, QuantFn], dict[str, float]]:
     """The providers that can run the case, each with its share of outputs differing from the
     reference. A provider whose first call fails (say torch.compile without a working compiler)
     is reported and left out rather than ending the benchmark."""
@@ -210,7 +217,7 @@ def runnable_providers(case: Case, inp: Inputs, providers: list[str]) -> tuple[d
         expected = build_reference(case, inp)(inp.x, inp.step)
     fns, mismatch = {}, {}
     for name in providers:
-        fn = PROVIDERS[name](case, inp)
+        fn = PROVIDERS[name](case, inp, opts)
         if fn is None:
             continue
         try:
@@ -222,21 +229,23 @@ def runnable_providers(case: Case, inp: Inputs, providers: list[str]) -> tuple[d
     return fns, mismatch
 
 
-def bench_case(case: Case, dtype_name: str, providers: list[str], device: torch.device, rounds: int):
+def bench_case(case: Case, dtype_name: str, providers: list[str], device: torch.device, rounds: int,
+               opts: Options, modes: list[str]):
     """Rows of every provider in every mode, plus the copy ceiling (GB/s, other processes' CPU
     share) of x's size."""
     inp = make_inputs(case, DTYPES[dtype_name], device)
-    copy_gbps, copy_other_cpu = copy_ceiling(inp.x, rounds)
-    runnable, mismatch = runnable_providers(case, inp, providers)
+    sets = rotation(inp, device)
+    copy_gbps, copy_other_cpu = copy_ceiling(sets, rounds)
+    runnable, mismatch = runnable_providers(case, inp, providers, opts)
 
     rows = []
-    for mode in MODES:
-        thunks = {name: make_thunk(fn, mode, inp) for name, fn in runnable.items()}
+    for mode in modes:
+        thunks = {name: make_thunk(fn, mode, sets) for name, fn in runnable.items()}
         timings = interleaved_medians(thunks, device, rounds=rounds)
         bytes_moved = ELEMENTS_MOVED[mode] * inp.x.numel() * inp.x.element_size()
         base = timings.get("lsq_fast")
         for name in providers:
-            row = Row(dtype_name, case.name, mode, name, mismatch=mismatch.get(name))
+            row = Row(dtype_name, case.name, mode, name, case.numel, case.count, mismatch=mismatch.get(name))
             fill_row(row, timings.get(name), base, bytes_moved, copy_gbps)
             rows.append(row)
     return rows, copy_gbps, copy_other_cpu
@@ -300,6 +309,11 @@ def device_name(device: torch.device) -> str:
 
 
 def git_commit() -> Optional[str]:
+    """The checked-out commit (with -dirty for uncommitted changes), or LSQ_FAST_COMMIT where the
+    tree is a copy without .git (the GPU machine)."""
+    if os.environ.get("LSQ_FAST_COMMIT"):
+        return os.environ["LSQ_FAST_COMMIT"]
+
     def git(*args):
         return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
 
@@ -313,11 +327,20 @@ def git_commit() -> Optional[str]:
         return None
 
 
+def _version_of(package: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def environment(device: torch.device) -> dict:
     return {
         "device": str(device),
         "device_name": device_name(device),
         "torch": torch.__version__,
+        "triton": _version_of("triton"),
+        "cuda": torch.version.cuda,
         "lsq_fast": lsq_fast.__version__,
         "cpu_isa": lsq_fast.cpu_isa(),
         "lsq_fast_backend": lsq_fast.available_backends(device)[0],
@@ -332,8 +355,10 @@ def fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
 
-def print_table(rows: list[Row], backend: str) -> None:
-    header = ("case", "mode", "provider", "ms", "±IQR", "GB/s", "% of copy", "lsq_fast speed-up")
+HEADER = ("case", "elements", "mode", "provider", "ms", "±IQR", "GB/s", "% of copy", "lsq_fast speed-up")
+
+
+def table_lines(rows: list[Row], backend: str) -> list[tuple[str, ...]]:
     lines = []
     for r in rows:
         provider = r.provider if r.provider != "lsq_fast" else f"lsq_fast[{backend}]"
@@ -342,6 +367,7 @@ def print_table(rows: list[Row], backend: str) -> None:
         lines.append(
             (
                 r.case,
+                f"{r.numel:,}",
                 r.mode,
                 provider,
                 fmt(r.ms, ".3f"),
@@ -351,24 +377,72 @@ def print_table(rows: list[Row], backend: str) -> None:
                 fmt(r.speedup, ".2f", "x") if r.speedup is not None else ("-" if r.ms is not None else "n/a"),
             )
         )
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
-    left = 3  # the first three columns are text, the rest numbers
-    for line in [header, None, *lines]:
+    return lines
+
+
+def print_table(rows: list[Row], backend: str) -> None:
+    lines = table_lines(rows, backend)
+    widths = [max(len(str(c)) for c in col) for col in zip(HEADER, *lines)]
+    text = {0, 2, 3}  # text columns, left-aligned; numbers right-aligned
+    for line in [HEADER, None, *lines]:
         if line is None:
             print("  ".join("-" * w for w in widths))
             continue
-        cells = [c.ljust(w) if j < left else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths))]
+        cells = [c.ljust(w) if j in text else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths))]
         print("  ".join(cells).rstrip())
+
+
+def network_totals(rows: list[Row]) -> dict[tuple[str, str], float]:
+    """Milliseconds per network step of each (mode, provider): every tensor's time times its
+    count. Only where the provider ran every tensor (else the total would flatter it)."""
+    totals: dict[tuple[str, str], float] = {}
+    missing = {(r.mode, r.provider) for r in rows if r.ms is None}
+    for r in rows:
+        if r.ms is not None and (r.mode, r.provider) not in missing:
+            totals[(r.mode, r.provider)] = totals.get((r.mode, r.provider), 0.0) + r.ms * r.count
+    return totals
+
+
+def markdown(sections: list[tuple[str, list[Row], dict]], env: dict, args) -> str:
+    out = [
+        "# lsq_fast kernel benchmark",
+        "",
+        f"- device: {env['device_name']} ({env['device']}); torch {env['torch']}; triton {env['triton']}; "
+        f"CUDA {env['cuda']}; lsq_fast backend `{env['lsq_fast_backend']}`",
+        f"- commit {env['git_commit']}, {env['date']}; rounds {args.rounds}",
+        f"- command: `python benchmarks/bench_lsq.py {' '.join(sys.argv[1:])}`",
+        "- GB/s counts the contract's bytes (fwd 2, bwd 3, fwd+bwd 5 elements of x's size); "
+        "% of copy is against a measured same-size device copy (one read, one write per element).",
+        "",
+    ]
+    for title, rows, ceilings in sections:
+        out += [f"## {title}", "", "copy ceiling: " + ", ".join(f"{c} {g:.0f} GB/s" for c, g in ceilings.items()), ""]
+        lines = table_lines(rows, env["lsq_fast_backend"])
+        out.append("| " + " | ".join(HEADER) + " |")
+        out.append("|" + "|".join("---" for _ in HEADER) + "|")
+        out += ["| " + " | ".join(line) + " |" for line in lines]
+        totals = network_totals(rows)
+        if any(r.count > 1 for r in rows) and totals:
+            out += ["", "Per network step (each tensor's time x its count):", ""]
+            out += [f"- {mode} {provider}: {ms:.2f} ms" for (mode, provider), ms in sorted(totals.items())]
+        out.append("")
+    return "\n".join(out)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--suite", nargs="+", choices=list(SUITES), default=["main"])
+    p.add_argument("--cases", nargs="+", help="only these cases of the suites (names as printed)")
     p.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=["float32"])
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     p.add_argument("--rounds", type=int, default=50, help="interleaved timing rounds per case and mode")
     p.add_argument("--providers", nargs="+", choices=list(PROVIDERS), default=list(PROVIDERS))
-    p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    p.add_argument("--backend", default="auto", help="lsq_fast's backend (default: the fastest for the device)")
+    p.add_argument("--compile-dynamic", action="store_true",
+                   help="compile the reference once with dynamic shapes instead of once per case")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--markdown", metavar="PATH", help="also write the tables as Markdown to PATH")
     p.add_argument(
         "--keep-freed-memory",
         action=argparse.BooleanOptionalAction,
@@ -381,6 +455,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--rounds must be at least 1")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda asked for, but torch.cuda.is_available() is False")
+    known = {c.name for suite in args.suite for c in SUITES[suite]}
+    if args.cases and not set(args.cases) <= known:
+        p.error(f"unknown cases {sorted(set(args.cases) - known)}; the suites have {sorted(known)}")
     return args
 
 
@@ -391,41 +468,53 @@ def main(argv=None) -> int:
         device = torch.device("cuda", torch.cuda.current_device())
     env = environment(device)
     env["keep_freed_memory"] = keep_freed_memory() if args.keep_freed_memory else False
+    if args.backend != "auto":
+        env["lsq_fast_backend"] = args.backend
+    opts = Options(backend=args.backend, compile_dynamic=args.compile_dynamic)
     # Without duplicates, lsq_fast (the baseline of the speed-ups) first.
     providers = sorted(dict.fromkeys(args.providers), key=lambda name: name != "lsq_fast")
 
-    all_rows, copy_by_dtype = [], {}
-    for dtype_name in args.dtype:
-        ceilings, copy_other_cpu, rows = {}, {}, []
-        for case_name in args.cases:
-            case_rows, ceilings[case_name], copy_other_cpu[case_name] = bench_case(
-                CASES[case_name], dtype_name, providers, device, args.rounds
+    all_rows, copy_by_dtype, sections = [], {}, []
+    for suite in args.suite:
+        cases = [c for c in SUITES[suite] if not args.cases or c.name in args.cases]
+        for dtype_name in args.dtype:
+            ceilings, copy_other_cpu, rows = {}, {}, []
+            for case in cases:
+                case_rows, ceilings[case.name], copy_other_cpu[case.name] = bench_case(
+                    case, dtype_name, providers, device, args.rounds, opts, args.modes
+                )
+                rows += case_rows
+            copy_by_dtype.setdefault(dtype_name, {}).update(
+                {c: {"gbps": ceilings[c], "other_cpu": copy_other_cpu[c]} for c in ceilings}
             )
-            rows += case_rows
-        copy_by_dtype[dtype_name] = {c: {"gbps": ceilings[c], "other_cpu": copy_other_cpu[c]} for c in ceilings}
-
-        copy_text = ", ".join(f"{name} {gbps:.1f} GB/s" for name, gbps in ceilings.items())
-        print(
-            f"\n{env['device_name']} ({env['device']}) | dtype {dtype_name} | threads {env['threads']} | "
-            f"ISA {env['cpu_isa']} | torch {env['torch']} | rounds {args.rounds} | "
-            f"keep-freed-memory {'on' if env['keep_freed_memory'] else 'off'} | copy ceiling: {copy_text}"
-        )
-        print_table(rows, env["lsq_fast_backend"])
-        for line in contention_warnings(rows, copy_other_cpu):
-            print(line)
-        sys.stdout.flush()
-        all_rows += rows
+            copy_text = ", ".join(f"{name} {gbps:.1f} GB/s" for name, gbps in ceilings.items())
+            print(
+                f"\n[{suite}] {env['device_name']} ({env['device']}) | dtype {dtype_name} | threads {env['threads']} | "
+                f"ISA {env['cpu_isa']} | torch {env['torch']} | rounds {args.rounds} | "
+                f"keep-freed-memory {'on' if env['keep_freed_memory'] else 'off'} | copy ceiling: {copy_text}"
+            )
+            print_table(rows, env["lsq_fast_backend"])
+            for (mode, provider), ms in sorted(network_totals(rows).items()) if any(r.count > 1 for r in rows) else ():
+                print(f"per network step, {mode} {provider}: {ms:.2f} ms")
+            for line in contention_warnings(rows, copy_other_cpu):
+                print(line)
+            sys.stdout.flush()
+            sections.append((f"{suite}, {dtype_name}", rows, ceilings))
+            all_rows += rows
 
     if args.json:
         out = {
             "environment": env,
-            "args": {k: v for k, v in vars(args).items() if k != "json"},
+            "args": {k: v for k, v in vars(args).items() if k not in ("json", "markdown")},
             "bytes_per_element_moved": ELEMENTS_MOVED,
             "copy_ceiling": copy_by_dtype,
             "results": [asdict(r) for r in all_rows],
         }
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
         print(f"\nwrote {args.json}")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(sections, env, args))
+        print(f"wrote {args.markdown}")
     return 0
 
 

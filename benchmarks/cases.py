@@ -1,0 +1,115 @@
+"""The tensors the LSQ benchmark quantizes, grouped in suites, and their inputs.
+
+    main      two representative tensors (what `make bench` times on any machine)
+    sizes     one per-tensor activation quantizer per size, 4K to 64M elements (x4 steps)
+    resnet18  every distinct quantized tensor of ResNet-18 at batch 32, 224x224: the input of
+              each conv and of the fc layer (per-tensor; unsigned after a ReLU, signed 8-bit for
+              the image) and each weight (per output channel; 8-bit for the first and last
+              layer, as in the LSQ paper). `count` says how often the tensor occurs per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+import lsq_fast
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    shape: tuple[int, ...]
+    bits: int
+    signed: bool
+    channel_axis: Optional[int]
+    relu: bool  # activations after a ReLU are non-negative: the unsigned grid's use
+    count: int = 1  # occurrences per network step (resnet18 suite)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def _act(name, shape, count=1, bits=4, relu=True):
+    return Case(name, shape, bits=bits, signed=not relu, channel_axis=None, relu=relu, count=count)
+
+
+def _weight(name, shape, count=1, bits=4):
+    return Case(name, shape, bits=bits, signed=True, channel_axis=0, relu=False, count=count)
+
+
+def _size_label(n: int) -> str:
+    return f"{n >> 20}M" if n >= 1 << 20 else f"{n >> 10}K"
+
+
+SUITES: dict[str, list[Case]] = {
+    "main": [
+        # ResNet-18's first-stage activation (batch 8): one step for the whole tensor.
+        _act("activation", (8, 64, 56, 56)),
+        # ResNet-18's largest 3x3 conv weight (layer4): one step per output channel.
+        _weight("weight", (512, 256, 3, 3)),
+    ],
+    "sizes": [_act(f"act-{_size_label(1 << k)}", (1 << k,)) for k in range(12, 27, 2)],
+    "resnet18": [
+        _act("conv1.in", (32, 3, 224, 224), bits=8, relu=False),
+        # Each conv quantizes its own input: 64x56x56 enters layer1's 4 convs and layer2.0's
+        # conv1 and downsample, 6 quantizers; 21 activation and 21 weight quantizers in all.
+        _act("layer1.in", (32, 64, 56, 56), count=6),
+        _act("layer2.in", (32, 128, 28, 28), count=5),  # 3 convs of layer2, layer3.0.conv1 and .downsample
+        _act("layer3.in", (32, 256, 14, 14), count=5),
+        _act("layer4.in", (32, 512, 7, 7), count=3),
+        _act("fc.in", (32, 512), bits=8),
+        _weight("conv1.w", (64, 3, 7, 7), bits=8),
+        _weight("layer1.w", (64, 64, 3, 3), count=4),
+        _weight("layer2.0.conv1.w", (128, 64, 3, 3)),
+        _weight("layer2.w", (128, 128, 3, 3), count=3),
+        _weight("layer2.down.w", (128, 64, 1, 1)),
+        _weight("layer3.0.conv1.w", (256, 128, 3, 3)),
+        _weight("layer3.w", (256, 256, 3, 3), count=3),
+        _weight("layer3.down.w", (256, 128, 1, 1)),
+        _weight("layer4.0.conv1.w", (512, 256, 3, 3)),
+        _weight("layer4.w", (512, 512, 3, 3), count=3),
+        _weight("layer4.down.w", (512, 256, 1, 1)),
+        _weight("fc.w", (1000, 512), bits=8),
+    ],
+}
+
+
+@dataclass
+class Inputs:
+    x: torch.Tensor  # requires grad
+    step: torch.Tensor  # float32, requires grad
+    grad_y: torch.Tensor
+    grad_scale: float
+
+
+def make_inputs(case: Case, dtype: torch.dtype, device: torch.device, seed: int = 0) -> Inputs:
+    """Random x, a realistic step (LSQ's init 2*mean|x|/sqrt(qmax), per channel where the case
+    has channels) and a random upstream gradient. Drawn in float32 on the CPU, so every device
+    and dtype sees the same numbers."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(case.shape, generator=gen)
+    if case.relu:
+        x = x.relu()
+    _, qmax = lsq_fast.qrange(case.bits, case.signed)
+    if case.channel_axis is None:
+        step = x.abs().mean().reshape(1)
+        per_step = x.numel()
+    else:
+        reduce_dims = [d for d in range(x.dim()) if d != case.channel_axis]
+        step = x.abs().mean(dim=reduce_dims)
+        per_step = x.numel() // x.shape[case.channel_axis]
+    step = 2 * step / qmax**0.5
+    grad_y = torch.randn(case.shape, generator=gen)
+    return Inputs(
+        x=x.to(device=device, dtype=dtype).requires_grad_(),
+        step=step.to(device).requires_grad_(),
+        grad_y=grad_y.to(device=device, dtype=dtype),
+        grad_scale=lsq_fast.default_grad_scale(per_step, case.bits, case.signed),
+    )
