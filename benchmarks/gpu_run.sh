@@ -6,7 +6,8 @@
 #   bash benchmarks/gpu_run.sh test      # install, then pytest on CUDA          (~5 min)
 #   bash benchmarks/gpu_run.sh sizes     # install if needed, main + sizes suites (~8 min)
 #   bash benchmarks/gpu_run.sh resnet18  # install if needed, ResNet-18 suite     (~8 min)
-#   bash benchmarks/gpu_run.sh all       # all three (more than one device call allows)
+#   bash benchmarks/gpu_run.sh tune      # tile/warp candidates per size class (benchmarks/tune_triton.py)
+#   bash benchmarks/gpu_run.sh all       # test, sizes, resnet18 (more than one device call allows)
 #
 # Each stage fits one device call (10 minutes). LSQ_FAST_COMMIT=<hash> names the commit in the
 # results (the tree on the device machine is a copy without .git). ROUNDS sets timing rounds.
@@ -20,7 +21,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 repo=$(pwd)
 
-installed() { (cd /tmp && "$PY" -c "import lsq_fast._C, lsq_fast._triton.lsq" >/dev/null 2>&1); }
+installed() { (cd /tmp && "$PY" -c "import lsq_fast, lsq_fast._triton.lsq" >/dev/null 2>&1); }
 
 install() {
     if installed && [ "${REINSTALL:-0}" != 1 ]; then return; fi
@@ -57,6 +58,7 @@ case "$stage" in
     test) run_tests ;;
     sizes) bench sizes --suite main sizes ;;
     resnet18) bench resnet18 --suite resnet18 --compile-dynamic ;;
+    tune) "$PY" benchmarks/tune_triton.py --json "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" ;;
     all) run_tests; bench sizes --suite main sizes; bench resnet18 --suite resnet18 --compile-dynamic ;;
-    *) echo "unknown stage $stage (test, sizes, resnet18, all)"; exit 2 ;;
+    *) echo "unknown stage $stage (test, sizes, resnet18, tune, all)"; exit 2 ;;
 esac

@@ -10,6 +10,8 @@ approximate divide), round half to even, strict clip points, float32 math (float
 float64 x), and a float32 forward bit-identical to the reference.
 """
 
+from typing import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -123,6 +125,16 @@ def _partials_shape(view: MatrixView, tile: Tile) -> tuple[int, int, int]:
 
 def _lsq_forward(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
                  channel_axis: int | None, grad_scale: float | None = None) -> torch.Tensor:
+    return forward(x, step, qmin, qmax, channel_axis)
+
+
+def _lsq_backward(grad_y: torch.Tensor, x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
+                  channel_axis: int | None, grad_scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return backward(grad_y, x, step, qmin, qmax, channel_axis, grad_scale)
+
+
+def forward(x, step, qmin, qmax, channel_axis, tile_for: Callable[[MatrixView], Tile] = pick_tile):
+    """The forward op's body; `tile_for` lets benchmarks/tune_triton.py try other tiles."""
     channel_axis = check_op_args(x, step, qmin, qmax, channel_axis)
     check_step_values(step)  # CPU tensors (the interpreter) only: free there, a sync elsewhere
     x = dense(x)
@@ -130,14 +142,15 @@ def _lsq_forward(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
     if x.numel() == 0:
         return y
     view = matrix_view(x, channel_axis)
-    tile = pick_tile(view)
+    tile = tile_for(view)
     launch(_lsq_forward_kernel, tile.programs)(
         x, y, step.contiguous(), qmin=qmin, qmax=qmax, **_launch_args(view, tile))
     return y
 
 
-def _lsq_backward(grad_y: torch.Tensor, x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
-                  channel_axis: int | None, grad_scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+def backward(grad_y, x, step, qmin, qmax, channel_axis, grad_scale,
+             tile_for: Callable[[MatrixView], Tile] = pick_tile):
+    """The backward op's body: (grad_x, grad_step)."""
     channel_axis = check_op_args(x, step, qmin, qmax, channel_axis)
     check_grad_like(grad_y, x)
     x = dense(x)
@@ -147,7 +160,7 @@ def _lsq_backward(grad_y: torch.Tensor, x: torch.Tensor, step: torch.Tensor, qmi
         return grad_x, torch.zeros_like(step)
     step = step.contiguous()
     view = matrix_view(x, channel_axis)
-    tile = pick_tile(view)
+    tile = tile_for(view)
     if grad_scale is None:
         grad_scale = grad_scale_for_qmax(x.numel() // step.numel(), qmax)
     grad_step = torch.empty_like(step)

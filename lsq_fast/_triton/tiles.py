@@ -39,14 +39,21 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def pick_tile(view: MatrixView) -> Tile:
-    numel = view.rows * view.cols
+def size_class(numel: int) -> tuple[int, int]:
+    """(elements per program, warps) for a tensor of `numel` elements."""
     if numel <= SINGLE_PROGRAM_MAX:
-        elements, warps = max(next_power_of_2(numel), 16), max(1, min(4, numel // 1024))
-    elif numel <= MEDIUM_MAX:
-        elements, warps = MEDIUM_TILE, MEDIUM_WARPS
-    else:
-        elements, warps = LARGE_TILE, LARGE_WARPS
+        return max(next_power_of_2(numel), 16), max(1, min(4, numel // 1024))
+    if numel <= MEDIUM_MAX:
+        return MEDIUM_TILE, MEDIUM_WARPS
+    return LARGE_TILE, LARGE_WARPS
+
+
+def pick_tile(view: MatrixView, elements: int | None = None, warps: int | None = None) -> Tile:
+    """The launch of a view: its size class's tile, or `elements`/`warps` where given (the
+    tuner, benchmarks/tune_triton.py, tries candidates that way)."""
+    numel = view.rows * view.cols
+    default_elements, default_warps = size_class(numel)
+    elements, warps = elements or default_elements, warps or default_warps
     block_cols = min(next_power_of_2(view.cols), elements)
     if view.step_mode == STEP_PER_ROW and view.outer == 1 and block_cols < view.cols <= WHOLE_ROW_MAX:
         # Weights: a program takes whole rows, so each channel's step gradient is finished in
