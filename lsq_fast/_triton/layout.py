@@ -3,7 +3,6 @@ one step size covers the whole tensor, each row, or each column."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +63,3 @@ def matrix_view(x: torch.Tensor, channel_axis: int | None) -> MatrixView:
         return MatrixView(numel // channels, channels, channels, STEP_PER_COL)
     return MatrixView(numel // inner, inner, channels, STEP_PER_ROW)
 
-
-def next_power_of_2(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(n, 1))))

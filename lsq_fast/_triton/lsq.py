@@ -17,15 +17,13 @@ import triton
 import triton.language as tl
 
 from .._args import check_grad_like, check_op_args, check_step_values, grad_scale_for_qmax
-from .layout import STEP_ONE, STEP_PER_COL, STEP_PER_ROW, MatrixView, dense, like, matrix_view, next_power_of_2
+from .layout import MatrixView, dense, like, matrix_view
 from .registration import define_op, launch
 from .tile_math import (
-    STEP_FLOOR, cast_for_store, clip_and_round, ieee_div, load_step, round_half_to_even, tile_indices,
+    STEP_FLOOR, STEP_ONE, STEP_PER_ROW, cast_for_store, clip_and_round, ieee_div, load_step, round_half_to_even,
+    tile_indices,
 )
-from .tiles import Tile, pick_tile
-
-_STEP_PER_ROW = tl.constexpr(STEP_PER_ROW)
-_STEP_ONE = tl.constexpr(STEP_ONE)
+from .tiles import Tile, partials_shape, pick_tile
 
 
 @triton.jit
@@ -69,13 +67,13 @@ def _lsq_backward_kernel(
     tl.store(grad_x_ptr + offsets, cast_for_store(tl.where(below | above, 0.0, grad_y), grad_x_ptr), mask=mask)
     dy_ds = tl.where(below, qmin, tl.where(above, qmax, round_half_to_even(u) - u))
     terms = tl.where(mask, grad_y * dy_ds, 0.0)
-    if STEP_MODE == _STEP_ONE:
+    if STEP_MODE == STEP_ONE:
         partial = tl.sum(terms)
         if FINAL:
             _finish_step_grad(grad_step_ptr, step_ptr, 0, partial, grad_scale, True)
         else:
             tl.store(partial_ptr + tl.program_id(0), partial)
-    elif STEP_MODE == _STEP_PER_ROW:
+    elif STEP_MODE == STEP_PER_ROW:
         partial = tl.sum(terms, axis=1)  # partials are [rows, grid_cols] = [outer, C, grid_cols]
         if FINAL:
             _finish_step_grad(grad_step_ptr, step_ptr, rows, partial, grad_scale, rows < n_rows)
@@ -112,15 +110,6 @@ def _launch_args(view: MatrixView, tile: Tile) -> dict:
         STEP_MODE=view.step_mode, BLOCK_R=tile.block_rows, BLOCK_C=tile.block_cols,
         ONE_ROW=view.rows == 1, num_warps=tile.num_warps,
     )
-
-
-def _partials_shape(view: MatrixView, tile: Tile) -> tuple[int, int, int]:
-    """The backward's partials as [outer, channels, inner]: channel c sums [:, c, :]."""
-    if view.step_mode == STEP_ONE:
-        return 1, 1, tile.programs
-    if view.step_mode == STEP_PER_ROW:
-        return view.outer, view.channels, tile.grid_cols
-    return tile.grid_rows, view.channels, 1
 
 
 def _lsq_forward(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
@@ -164,15 +153,15 @@ def backward(grad_y, x, step, qmin, qmax, channel_axis, grad_scale,
     if grad_scale is None:
         grad_scale = grad_scale_for_qmax(x.numel() // step.numel(), qmax)
     grad_step = torch.empty_like(step)
-    outer, channels, inner = _partials_shape(view, tile)
+    outer, channels, inner = partials_shape(view, tile)
     final = outer * inner == 1
     partials = grad_step if final else torch.empty(outer * channels * inner, device=x.device, dtype=step.dtype)
     launch(_lsq_backward_kernel, tile.programs)(
         grad_y, x, step, grad_x, partials, grad_step, grad_scale,
         qmin=qmin, qmax=qmax, FINAL=final, **_launch_args(view, tile))
     if not final:
-        block_ch = min(next_power_of_2(channels), 32)
-        block_k = min(next_power_of_2(outer * inner), max(16, 2048 // block_ch))
+        block_ch = min(triton.next_power_of_2(channels), 32)
+        block_k = min(triton.next_power_of_2(outer * inner), max(16, 2048 // block_ch))
         launch(_sum_partials_kernel, triton.cdiv(channels, block_ch))(
             partials, step, grad_step, grad_scale, outer * inner, channels, inner,
             BLOCK_CH=block_ch, BLOCK_K=block_k, num_warps=4)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .layout import STEP_PER_ROW, MatrixView, next_power_of_2
+from triton import cdiv, next_power_of_2
+
+from .layout import STEP_ONE, STEP_PER_ROW, MatrixView
 
 SINGLE_PROGRAM_MAX = 4096  # up to here the whole tensor is one program (one launch)
 LARGE_TILE, LARGE_WARPS = 4096, 8
@@ -33,10 +35,6 @@ class Tile:
     @property
     def programs(self) -> int:
         return self.grid_rows * self.grid_cols
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def size_class(numel: int) -> tuple[int, int]:
@@ -61,4 +59,14 @@ def pick_tile(view: MatrixView, elements: int | None = None, warps: int | None =
         block_cols = next_power_of_2(view.cols)
         warps = max(warps, min(16, block_cols // 512))
     block_rows = min(max(1, elements // block_cols), next_power_of_2(view.rows))
-    return Tile(block_rows, block_cols, warps, _cdiv(view.rows, block_rows), _cdiv(view.cols, block_cols))
+    return Tile(block_rows, block_cols, warps, cdiv(view.rows, block_rows), cdiv(view.cols, block_cols))
+
+
+def partials_shape(view: MatrixView, tile: Tile) -> tuple[int, int, int]:
+    """The backward's step-gradient partials as [outer, channels, inner]: channel c sums
+    [:, c, :]. outer * inner == 1 means each partial is a channel's whole sum (one launch)."""
+    if view.step_mode == STEP_ONE:
+        return 1, 1, tile.programs
+    if view.step_mode == STEP_PER_ROW:
+        return view.outer, view.channels, tile.grid_cols
+    return tile.grid_rows, view.channels, 1
