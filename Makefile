@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 # interpreter turns 1-element arrays into ints, which NumPy 2.4 refuses: hence numpy<2.4.
 TRITON_SPEC ?= triton==3.6.0
 NUMPY_SPEC ?= numpy<2.4
-SOURCES := setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h)
+SOURCES := setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*)
 INSTALLED := $(VENV)/.lsq_fast-installed
 JOBS ?= 2
 

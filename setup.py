@@ -20,6 +20,10 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;9.0"  # A100 and H100/H200: what the project measures on.
+# Beside torch's own nvcc flags (cpp_extension.COMMON_NVCC_FLAGS). Never -use_fast_math: the
+# kernels' IEEE division and rounding are spelled as intrinsics, but subnormals must be kept.
+# tests/cuda_codegen.py compiles the kernels with these same flags to check their registers.
+NVCC_FLAGS = ["-O3", "-std=c++17", "-lineinfo"]  # -lineinfo: compute-sanitizer names source lines
 
 
 def sources(pattern):
@@ -53,7 +57,7 @@ def extension():
             "lsq_fast._C",
             cpp + cuda,
             include_dirs=[os.path.join(ROOT, "csrc")],
-            extra_compile_args={"cxx": cxx_flags + ["-DLSQ_FAST_WITH_CUDA"], "nvcc": ["-O3", "-DLSQ_FAST_WITH_CUDA"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": NVCC_FLAGS},
             extra_link_args=["-fopenmp"],
         )
     return CppExtension(
@@ -65,19 +69,22 @@ def extension():
     )
 
 
-setup(
-    name="lsq_fast",
-    version="0.1.0",
-    description="Fused kernels for Learned Step Size Quantization (LSQ) and its relatives",
-    packages=find_packages(include=["lsq_fast", "lsq_fast.*"]),
-    python_requires=">=3.10",
-    install_requires=["torch>=2.6"],  # torch.library.triton_op / wrap_triton
-    extras_require={
-        "triton": ["triton>=3.2"],  # backend="triton"; CUDA builds of torch bring it
-        "test": ["pytest>=8", "numpy<2.4"],  # numpy<2.4: Triton 3.6's CPU interpreter
-        "bench": ["pytest-benchmark>=4"],
-    },
-    ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    zip_safe=False,
-)
+# Guarded so that tests/cuda_codegen.py can import NVCC_FLAGS (pip runs this file as __main__).
+if __name__ == "__main__":
+    setup(
+        name="lsq_fast",
+        version="0.1.0",
+        description="Fused kernels for Learned Step Size Quantization (LSQ) and its relatives",
+        packages=find_packages(include=["lsq_fast", "lsq_fast.*"]),
+        package_data={"lsq_fast": ["backend_table.json"]},  # backend="auto" on CUDA tensors
+        python_requires=">=3.10",
+        install_requires=["torch>=2.6"],  # torch.library.triton_op / wrap_triton
+        extras_require={
+            "triton": ["triton>=3.2"],  # backend="triton"; CUDA builds of torch bring it
+            "test": ["pytest>=8", "numpy<2.4"],  # numpy<2.4: Triton 3.6's CPU interpreter
+            "bench": ["pytest-benchmark>=4"],
+        },
+        ext_modules=[extension()],
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+        zip_safe=False,
+    )

@@ -7,7 +7,10 @@
 Suites of tensors: benchmarks/cases.py (main, sizes 4K-64M, every ResNet-18 layer tensor).
 
 Providers (each a function f(x, step) -> y with the case's bits/signed/axis/grad scale baked in):
-  lsq_fast           lsq_fast.lsq_quantize, backend="auto" ("cpu" on CPU, "triton" on CUDA) or --backend
+  lsq_fast           lsq_fast.lsq_quantize, backend="auto" ("cpu" on CPU; on CUDA "cuda" or "triton"
+                     per lsq_fast/backend_table.json) or --backend; the base of every speed-up
+  lsq_fast:cuda      backend="cuda", the CUDA C++ kernels (CUDA builds of lsq_fast only)
+  lsq_fast:triton    backend="triton", the Triton kernels (CUDA tensors; with TRITON_INTERPRET=1, CPU)
   reference          lsq_fast.reference.lsq_quantize, eager PyTorch
   reference+compile  torch.compile of the reference, compiled once per case and dtype
   torch_learnable    torch._fake_quantize_learnable_per_{tensor,channel}_affine (float32 only)
@@ -69,6 +72,17 @@ def build_lsq_fast(case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
     return lambda x, step: lsq_fast.lsq_quantize(x, step, case.bits, **kw)
 
 
+def build_lsq_fast_backend(backend: str) -> Callable[[Case, Inputs, Options], Optional[QuantFn]]:
+    """A provider pinned to one fused backend: each GPU backend beside auto's choice."""
+
+    def build(case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
+        if backend not in lsq_fast.available_backends(inp.x.device):
+            return None
+        return build_lsq_fast(case, inp, Options(backend=backend, compile_dynamic=opts.compile_dynamic))
+
+    return build
+
+
 def build_reference(case: Case, inp: Inputs, opts: Options = Options()) -> Optional[QuantFn]:
     kw = dict(signed=case.signed, channel_axis=case.channel_axis, grad_scale=inp.grad_scale)
     return lambda x, step: lsq_fast.reference.lsq_quantize(x, step, case.bits, **kw)
@@ -114,6 +128,8 @@ def build_torch_learnable(case: Case, inp: Inputs, opts: Options) -> Optional[Qu
 
 PROVIDERS = {
     "lsq_fast": build_lsq_fast,
+    "lsq_fast:cuda": build_lsq_fast_backend("cuda"),
+    "lsq_fast:triton": build_lsq_fast_backend("triton"),
     "reference": build_reference,
     "reference+compile": build_reference_compiled,
     "torch_learnable": build_torch_learnable,
@@ -343,7 +359,9 @@ def environment(device: torch.device) -> dict:
         "cuda": torch.version.cuda,
         "lsq_fast": lsq_fast.__version__,
         "cpu_isa": lsq_fast.cpu_isa(),
-        "lsq_fast_backend": lsq_fast.available_backends(device)[0],
+        # "auto" where it picks per tensor between the CUDA and Triton kernels (backend_table.json)
+        "lsq_fast_backend": "auto" if {"cuda", "triton"} <= set(lsq_fast.available_backends(device))
+        else lsq_fast.available_backends(device)[0],
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -473,6 +491,9 @@ def main(argv=None) -> int:
     opts = Options(backend=args.backend, compile_dynamic=args.compile_dynamic)
     # Without duplicates, lsq_fast (the baseline of the speed-ups) first.
     providers = sorted(dict.fromkeys(args.providers), key=lambda name: name != "lsq_fast")
+    # Pinned lsq_fast backends this device does not have are not rows of "n/a": leave them out.
+    available = lsq_fast.available_backends(device)
+    providers = [p for p in providers if not p.startswith("lsq_fast:") or p.split(":")[1] in available]
 
     all_rows, copy_by_dtype, sections = [], {}, []
     for suite in args.suite:

@@ -3,9 +3,11 @@
 # against the machine's torch, run the test suite on CUDA, run the GPU benchmarks. Results and
 # logs go to $OUT (the device tool brings them back); commit them under benchmarks/results/.
 #
-#   bash benchmarks/gpu_run.sh test      # install, then pytest on CUDA          (~5 min)
+#   bash benchmarks/gpu_run.sh test      # install, then pytest on CUDA (triton and cuda backends)
+#   bash benchmarks/gpu_run.sh sanitize  # compute-sanitizer memcheck + racecheck over a short run
 #   bash benchmarks/gpu_run.sh sizes     # install if needed, main + sizes suites (~8 min)
 #   bash benchmarks/gpu_run.sh resnet18  # install if needed, ResNet-18 suite     (~8 min)
+#   bash benchmarks/gpu_run.sh pick      # cuda vs triton per key: $OUT/backend_table.json for "auto"
 #   bash benchmarks/gpu_run.sh tune      # tile/warp candidates per size class (benchmarks/tune_triton.py)
 #   bash benchmarks/gpu_run.sh all       # test, sizes, resnet18 (more than one device call allows)
 #
@@ -21,7 +23,8 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 repo=$(pwd)
 
-installed() { (cd /tmp && "$PY" -c "import lsq_fast, lsq_fast._triton.lsq" >/dev/null 2>&1); }
+# Installed, with the CUDA kernels built (a build that found no CUDA toolkit would skip them).
+installed() { (cd /tmp && "$PY" -c "import lsq_fast, lsq_fast._triton.lsq; assert lsq_fast.backends.has_cuda_kernels()" >/dev/null 2>&1); }
 
 install() {
     if installed && [ "${REINSTALL:-0}" != 1 ]; then return; fi
@@ -45,6 +48,20 @@ run_tests() {
     (cd tests && "$PY" -m pytest -q -p no:cacheprovider -rs --junitxml="$repo/$OUT/pytest.xml" "$@" 2>&1 | tee "$repo/$OUT/pytest.log" | tail -40)
 }
 
+sanitize() {
+    local san
+    san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1 || true)
+    if [ -z "$san" ]; then echo "compute-sanitizer not found" | tee "$OUT/sanitize.log"; return 1; fi
+    # A short run of the contract on the CUDA kernels: every kernel kind, dtype and layout, few
+    # repetitions (the tools slow every launch down by orders of magnitude).
+    local tests=(-k "cuda and not triton and not gradcheck" test_lsq_contract.py test_torch_peer.py)
+    for tool in memcheck racecheck; do
+        echo "== compute-sanitizer --tool $tool"
+        (cd tests && timeout 280 "$san" --tool "$tool" --error-exitcode 3 --print-limit 20 \
+            "$PY" -m pytest -q -x -p no:cacheprovider "${tests[@]}" 2>&1 | tee "$repo/$OUT/sanitize-$tool.log" | tail -15)
+    done
+}
+
 bench() {
     local name=$1; shift
     echo "== benchmark $name"
@@ -58,7 +75,9 @@ case "$stage" in
     test) run_tests ;;
     sizes) bench sizes --suite main sizes ;;
     resnet18) bench resnet18 --suite resnet18 --compile-dynamic ;;
+    sanitize) sanitize ;;
+    pick) "$PY" benchmarks/pick_backends.py --out "$OUT/backend_table.json" 2>&1 | tee "$OUT/pick.log" ;;
     tune) "$PY" benchmarks/tune_triton.py --json "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" ;;
     all) run_tests; bench sizes --suite main sizes; bench resnet18 --suite resnet18 --compile-dynamic ;;
-    *) echo "unknown stage $stage (test, sizes, resnet18, tune, all)"; exit 2 ;;
+    *) echo "unknown stage $stage (test, sanitize, sizes, resnet18, pick, tune, all)"; exit 2 ;;
 esac

@@ -59,16 +59,16 @@ at::Tensor same_layout(const at::Tensor& grad_y, const at::Tensor& like) {
   return same ? grad_y : at::empty_like(like).copy_(grad_y);
 }
 
-cpu::Layout memory_layout(const at::Tensor& dense_x, std::optional<int64_t> channel_axis) {
+Layout memory_layout(const at::Tensor& dense_x, std::optional<int64_t> channel_axis) {
   const int64_t n = dense_x.numel();
-  if (!channel_axis.has_value()) return cpu::Layout{1, 1, n};
+  if (!channel_axis.has_value()) return Layout{1, 1, n};
   const int64_t channels = dense_x.size(*channel_axis);
-  if (n == 0) return cpu::Layout{0, channels, 1};
-  if (channels == 1) return cpu::Layout{1, 1, n};
+  if (n == 0) return Layout{0, channels, 1};
+  if (channels == 1) return Layout{1, 1, n};
   // In a dense tensor, the stride of the channel axis is the number of elements that sit
   // inside one channel step in memory; everything outside it repeats every C * stride.
   const int64_t inner = dense_x.stride(*channel_axis);
-  return cpu::Layout{n / (channels * inner), channels, inner};
+  return Layout{n / (channels * inner), channels, inner};
 }
 
 double default_grad_scale(int64_t numel_per_step, int64_t qmax) {

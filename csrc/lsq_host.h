@@ -26,8 +26,8 @@ at::Tensor dense(const at::Tensor& x);
 // gradient from .sum().backward()).
 at::Tensor same_layout(const at::Tensor& grad_y, const at::Tensor& like);
 
-// The [outer, channels, inner] memory-order view of a dense tensor (see cpu::Layout).
-cpu::Layout memory_layout(const at::Tensor& dense_x, std::optional<int64_t> channel_axis);
+// The [outer, channels, inner] memory-order view of a dense tensor (see Layout in lsq_layout.h).
+Layout memory_layout(const at::Tensor& dense_x, std::optional<int64_t> channel_axis);
 
 // The spec's g = 1 / sqrt(N * qmax), N the elements per step (lsq_fast.default_grad_scale);
 // an empty tensor has no gradient to scale, so N = 0 counts as 1.

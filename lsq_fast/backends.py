@@ -20,25 +20,46 @@ def _has_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+_CUDA_KERNELS: list[bool] = []  # memo of has_cuda_kernels
+
+
+# A constant to torch.compile, which calls it while tracing rather than tracing into it.
+@torch.compiler.assume_constant_result
+def has_cuda_kernels() -> bool:
+    """True when lsq_fast was built with its CUDA kernels (csrc/cuda; torch with CUDA at build time)."""
+    if not _CUDA_KERNELS:
+        from ._ops import ops  # noqa: F401  (loads the library, which registers its kernels)
+
+        _CUDA_KERNELS.append(torch._C._dispatch_has_kernel_for_dispatch_key("lsq_fast::lsq_forward", "CUDA"))
+    return _CUDA_KERNELS[0]
+
+
 def _fused(device_type: str) -> tuple[str, ...]:
-    """Fused backends for a device type, fastest first."""
+    """Fused backends for a device type, auto's default first."""
     if device_type == "cpu":
         return ("cpu", "triton") if triton_interpreting() and _has_triton() else ("cpu",)
     if device_type == "cuda":
-        return ("triton",) if _has_triton() else ()
+        return tuple(name for name, present in (("triton", _has_triton()), ("cuda", has_cuda_kernels())) if present)
     return ()
 
 
 def available_backends(device: torch.device | str) -> tuple[str, ...]:
-    """The backends that can run on `device`, fastest first ("reference" always last)."""
+    """The backends that can run on `device`, auto's default first ("reference" always last).
+    On CUDA tensors "auto" picks between "cuda" and "triton" per tensor (backend_table.py)."""
     return _fused(torch.device(device).type) + ("reference",)
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, x: torch.Tensor, channel_axis: int | None = None) -> str:
+    """The backend that runs x: `backend` itself when x's device has it, or auto's choice."""
     if backend not in BACKENDS:
         raise ValueError(f"lsq_fast: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    device = x.device
     available = available_backends(device)
     if backend == "auto":
+        if "cuda" in available and "triton" in available:
+            from .backend_table import choose
+
+            return choose(x, channel_axis)
         return available[0]
     if backend not in available:
         raise ValueError(
@@ -50,13 +71,15 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def lsq_ops(backend: str):
     """(forward, backward) ops of a fused backend, e.g. torch.ops.lsq_fast.lsq_forward_triton.
-    The Triton ops are registered when first asked for, so that importing lsq_fast needs no Triton."""
+    The Triton ops are registered when first asked for, so that importing lsq_fast needs no Triton.
+    "cpu" and "cuda" are the same ops, lsq_fast::lsq_forward / lsq_backward: the dispatcher
+    sends each call to the kernels of its tensors' device."""
     from ._ops import ops
 
     if backend == "triton":
         from ._triton import lsq  # noqa: F401  (registers lsq_fast::lsq_{forward,backward}_triton)
 
         return ops.lsq_forward_triton, ops.lsq_backward_triton
-    if backend == "cpu":
+    if backend in ("cpu", "cuda"):
         return ops.lsq_forward, ops.lsq_backward
     raise ValueError(f"lsq_fast: {backend!r} is not a fused backend")

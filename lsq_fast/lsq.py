@@ -33,8 +33,10 @@ def lsq_quantize(
         channel_axis: None for one step, else the axis (negative allowed) the steps run along.
         grad_scale: multiplier of the step gradient; None means LSQ's 1/sqrt(N * qmax) with N the
             elements per step; 1.0 turns scaling off.
-        backend: "auto" (the fastest for x's device: "cpu" on CPU tensors, "triton" on CUDA
-            tensors), "cpu", "triton", "reference"; see :func:`lsq_fast.available_backends`.
+        backend: "auto" (the fastest for x's device: "cpu" on CPU tensors; on CUDA tensors
+            "cuda" or "triton", whichever lsq_fast/backend_table.json measured faster for this
+            layout, dtype and size on this GPU architecture, "triton" where nothing was measured),
+            "cpu", "cuda", "triton", "reference"; see :func:`lsq_fast.available_backends`.
 
     Returns:
         A tensor of x's dtype, shape, device (and layout, for dense x). Gradients flow to x
@@ -43,7 +45,7 @@ def lsq_quantize(
     """
     qmin, qmax, axis = check_args(x, step, bits, signed, channel_axis)
     g = check_grad_scale(grad_scale)
-    backend = resolve_backend(backend, x.device)
+    backend = resolve_backend(backend, x, axis)
     if backend == "reference":
         return reference.lsq_quantize(x, step, bits, signed=signed, channel_axis=axis, grad_scale=g)
     forward, _ = lsq_ops(backend)

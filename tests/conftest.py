@@ -46,13 +46,15 @@ _IMPLS = {
     "cpu": Impl("cpu", "cpu"),
     "triton-interpreter": Impl("cpu", "triton"),
     "triton-cuda": Impl("cuda", "triton"),
+    "cuda": Impl("cuda", "cuda"),
 }
 
 
 @pytest.fixture(params=[pytest.param(name, marks=[pytest.mark.gpu] if "cuda" in name else []) for name in _IMPLS])
 def impl(request) -> Impl:
     """Each fused backend in turn: the CPU kernels, the Triton kernels under the interpreter
-    (CI), the Triton kernels on a GPU. Those that cannot run here skip, at setup time."""
+    (CI), the Triton kernels on a GPU, the CUDA C++ kernels. Those that cannot run here skip,
+    at setup time."""
     chosen = _IMPLS[request.param]
     if chosen.device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")

@@ -49,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor> lsq_backward_cpu(const at::Tensor& grad_y, co
   const at::Tensor xd = dense(x);
   const at::Tensor gy = same_layout(grad_y, xd);
   at::Tensor grad_x = at::empty_like(xd);
-  const cpu::Layout layout = memory_layout(xd, axis);
+  const Layout layout = memory_layout(xd, axis);
 
   const int64_t channels = step.numel();
   std::vector<double> sums(channels, 0.0);

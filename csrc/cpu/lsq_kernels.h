@@ -9,21 +9,12 @@
 
 #include <cstdint>
 
+#include "lsq_layout.h"
+
 namespace lsq_fast::cpu {
 
-// A dense tensor seen in memory order as [outer, channels, inner]: the element at flat
-// offset i belongs to channel (i / inner) % channels. Per-tensor is channels == 1.
-struct Layout {
-  int64_t outer;
-  int64_t channels;
-  int64_t inner;
-  int64_t numel() const { return outer * channels * inner; }
-};
-
-// Smallest step the kernels divide by: clamps a step that is zero or negative (checked
-// away on CPU, but the raw op can be handed one) without a host sync. 2^-126, the smallest
-// normal float32, so float32 and float64 agree on it. lsq_fast/_args.py holds the same value.
-constexpr double kStepFloor = 1.1754943508222875e-38;
+using lsq_fast::Layout;
+using lsq_fast::kStepFloor;
 
 // x, y, grad_y, grad_x: `dtype` (float32, float16, bfloat16, float64), dense, one layout.
 // step: `layout.channels` values in the math type (float64 for float64 x, else float32).

@@ -17,20 +17,9 @@
 #include <tuple>
 #include <vector>
 
+#include "expect.h"
+
 namespace {
-
-int passed = 0;
-int failed = 0;
-
-#define EXPECT(cond)                                                  \
-  do {                                                                \
-    if (cond) {                                                       \
-      ++passed;                                                       \
-    } else {                                                          \
-      ++failed;                                                       \
-      std::printf("  FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-    }                                                                 \
-  } while (0)
 
 using Forward = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t, std::optional<int64_t>,
                            std::optional<double>);
@@ -163,10 +152,9 @@ int main() {
     try {
       g();
     } catch (const std::exception& e) {  // an unexpected error fails the group, not the run
-      ++failed;
+      ++lsq_fast_test::failed;
       std::printf("  FAILED: unexpected exception: %s\n", e.what());
     }
   }
-  std::printf("%d passed, %d failed\n", passed, failed);
-  return failed == 0 ? 0 : 1;
+  return lsq_fast_test::expect_summary();
 }

@@ -1,6 +1,7 @@
-"""What only a GPU can show of the Triton backend: CUDA-graph capture, torch.compile with
-"reduce-overhead", launch counts, and tensors past 2^31 elements. Every test skips without CUDA;
-the contract itself runs on CUDA tensors through the `impl` fixture of the other test files."""
+"""What only a GPU can show of the GPU backends (Triton and the CUDA C++ kernels): CUDA-graph
+capture, torch.compile with "reduce-overhead", launch counts, and tensors past 2^31 elements.
+Every test skips without CUDA; the contract itself runs on CUDA tensors through the `impl`
+fixture of the other test files."""
 
 import pytest
 import torch
@@ -12,20 +13,26 @@ from lsq_oracle import assert_same_bits, assert_step_grad_close, expected_grad_x
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture
-def cuda():
+@pytest.fixture(params=["triton", "cuda"])
+def backend(request):
+    """A GPU backend that this process has: "triton" needs Triton, "cuda" a CUDA build of lsq_fast."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    if "triton" not in lsq_fast.available_backends("cuda"):
-        pytest.skip("Triton is not installed")
+    if request.param not in lsq_fast.available_backends("cuda"):
+        pytest.skip(f"backend {request.param!r} is not available (Triton missing, or lsq_fast built without CUDA)")
+    return request.param
+
+
+@pytest.fixture
+def cuda(backend):
     return torch.device("cuda")
 
 
 @pytest.mark.parametrize("axis", [None, 0, 1])
-def test_cuda_graph_capture_and_replay(cuda, seed, axis):
+def test_cuda_graph_capture_and_replay(cuda, backend, seed, axis):
     """No host sync and no allocation outside the graph's pool: forward and backward replay
     with new inputs copied into the captured buffers."""
-    forward, backward = lsq_fast.backends.lsq_ops("triton")
+    forward, backward = lsq_fast.backends.lsq_ops(backend)
     shape = (8, 16, 12, 12)
     channels = 1 if axis is None else shape[axis]
     step = make_step(channels).to(cuda)
@@ -53,14 +60,15 @@ def test_cuda_graph_capture_and_replay(cuda, seed, axis):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_compile_reduce_overhead_training_step(cuda, seed, dtype):
+def test_compile_reduce_overhead_training_step(cuda, backend, seed, dtype):
     """torch.compile(fullgraph=True, mode="reduce-overhead") traces into the Triton kernels
-    (triton_op) and replays them in CUDA graphs; results equal eager, step after step."""
+    (triton_op), or calls the CUDA ops, and replays them in CUDA graphs; results equal eager,
+    step after step."""
     step0 = make_step(32).to(cuda)
 
     def train_step(x, w, step_x, step_w):
-        xq = lsq_fast.lsq_quantize(x, step_x, 4, signed=False)
-        wq = lsq_fast.lsq_quantize(w, step_w, 4, channel_axis=0)
+        xq = lsq_fast.lsq_quantize(x, step_x, 4, signed=False, backend=backend)
+        wq = lsq_fast.lsq_quantize(w, step_w, 4, channel_axis=0, backend=backend)
         return torch.nn.functional.conv2d(xq, wq, padding=1).square().mean()
 
     compiled = torch.compile(train_step, fullgraph=True, mode="reduce-overhead")
@@ -81,12 +89,12 @@ def test_compile_reduce_overhead_training_step(cuda, seed, dtype):
 
 
 @pytest.mark.parametrize("shape,axis", [((64, 64, 3, 3), 0), ((64, 3, 7, 7), 0), ((1, 4096), None)])
-def test_small_tensors_launch_one_kernel_each_way(cuda, shape, axis):
+def test_small_tensors_launch_one_kernel_each_way(cuda, backend, shape, axis):
     """A layer-sized quantizer is one launch forward and one backward: the step gradient is
-    finished inside the backward kernel when each channel's sum fits one program."""
+    finished inside the backward kernel when each channel's sum fits one program (block)."""
     from torch.profiler import ProfilerActivity, profile
 
-    forward, backward = lsq_fast.backends.lsq_ops("triton")
+    forward, backward = lsq_fast.backends.lsq_ops(backend)
     step = make_step(1 if axis is None else shape[axis]).to(cuda)
     x = torch.randn(shape, device=cuda)
     for _ in range(2):  # compile first
@@ -100,7 +108,7 @@ def test_small_tensors_launch_one_kernel_each_way(cuda, shape, axis):
     assert len([k for k in kernels if "lsq" in k or "partials" in k]) == 2, kernels
 
 
-def test_past_two_to_the_31_elements(cuda):
+def test_past_two_to_the_31_elements(cuda, backend):
     """64-bit offsets: a bfloat16 tensor of 2^31 + 1000 elements, checked at both ends and in
     its step gradient (the oracle summed in float64, chunk by chunk)."""
     n = 2**31 + 1000
@@ -110,11 +118,11 @@ def test_past_two_to_the_31_elements(cuda):
     step = torch.tensor([2.0**-4], device=cuda)
     x = (torch.rand(n, device=cuda, dtype=torch.bfloat16) - 0.5) * 2
     grad_y = torch.ones_like(x)
-    y = lsq_fast.lsq_quantize(x, step, 4)
+    y = lsq_fast.lsq_quantize(x, step, 4, backend=backend)
     for part in (slice(0, 4096), slice(n - 4096, n)):
         assert_same_bits(y[part].cpu(), reference.lsq_quantize(x[part].cpu(), step.cpu(), 4))
     del y
-    _, backward = lsq_fast.backends.lsq_ops("triton")
+    _, backward = lsq_fast.backends.lsq_ops(backend)
     grad_x, grad_step = backward(grad_y, x, step, -8, 7, None, 1.0)
     assert torch.equal(grad_x[-4096:].cpu(), expected_grad_x(x[-4096:].cpu(), step.cpu(), grad_y[-4096:].cpu(), 4, True, None))
     exact, magnitude = 0.0, 0.0
