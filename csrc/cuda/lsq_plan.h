@@ -32,6 +32,7 @@ constexpr int kThreads = 256;          // threads per block, every kernel
 constexpr int kBlocksPerSm = 4;        // a grid-stride grid holds this many blocks per multiprocessor
 constexpr int64_t kMinRowRun = 512;    // channel runs shorter than this use the cols kernel
 constexpr int64_t kWholeRowMax = 16384;  // a weight's row up to this long is one work item
+constexpr int64_t kMinWeightRow = 32;    // shorter weight rows (a vector of steps) use the cols kernel
 constexpr int kMaxGridY = 65535;
 // The cols kernel's packs hold at most 4 elements (8-byte accesses for 16-bit types): each
 // thread keeps a step per element, and 8 of them with 8 IEEE divisions would spill.
@@ -120,7 +121,9 @@ inline Plan make_plan(const Layout& l, int elem_size, bool aligned, int sm_count
   p.tx = 1;
   p.grid_y = 1;
   const bool one_step = l.channels == 1;
-  if (one_step || l.inner >= kMinRowRun || l.outer == 1) {
+  // A weight (outer == 1) keeps rows down to a warp's width: one item per row is its channel's
+  // whole sum, so the backward is one launch.
+  if (one_step || l.inner >= kMinRowRun || (l.outer == 1 && l.inner >= kMinWeightRow)) {
     p.kind = KernelKind::kRows;
     p.per_row = !one_step;
     p.rows = one_step ? 1 : l.outer * l.channels;

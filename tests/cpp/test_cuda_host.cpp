@@ -114,6 +114,10 @@ void test_plans() {
   const Plan lin = make_plan(linear, 4, true, kSms, true);
   EXPECT(lin.kind == KernelKind::kCols && lin.grid_x == 1 && lin.final);
   expect_cols_cover(linear, lin, true);
+  // One step per element of a vector (a bias-like tensor, axis 0): the cols kernel, one launch.
+  const Plan vec_steps = make_plan(Layout{1, 100000, 1}, 4, true, kSms, true);
+  EXPECT(vec_steps.kind == KernelKind::kCols && vec_steps.final && vec_steps.grid_y == 98);
+  expect_cols_cover(Layout{1, 100000, 1}, vec_steps, true);
   // Short channel runs (inner > 1) go through the cols kernel, combined over inner.
   const Layout short_runs{16, 10, 6};
   const Plan sr = make_plan(short_runs, 4, true, kSms, false);
