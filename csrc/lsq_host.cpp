@@ -71,7 +71,9 @@ Layout memory_layout(const at::Tensor& dense_x, std::optional<int64_t> channel_a
   return Layout{n / (channels * inner), channels, inner};
 }
 
-double default_grad_scale(int64_t numel_per_step, int64_t qmax) {
+double grad_scale_or_default(std::optional<double> grad_scale, int64_t numel, int64_t steps, int64_t qmax) {
+  if (grad_scale.has_value()) return *grad_scale;
+  const int64_t numel_per_step = numel / std::max<int64_t>(steps, 1);
   return 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(numel_per_step, 1)) * static_cast<double>(qmax));
 }
 

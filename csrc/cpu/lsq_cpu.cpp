@@ -56,7 +56,7 @@ std::tuple<at::Tensor, at::Tensor> lsq_backward_cpu(const at::Tensor& grad_y, co
   cpu::kernels().backward(xd.scalar_type(), gy.const_data_ptr(), xd.const_data_ptr(), s.const_data_ptr(),
                           grad_x.mutable_data_ptr(), sums.data(), layout, qmin, qmax);
 
-  const double g = grad_scale.has_value() ? *grad_scale : default_grad_scale(x.numel() / std::max<int64_t>(channels, 1), qmax);
+  const double g = grad_scale_or_default(grad_scale, x.numel(), channels, qmax);
   // The step is clamped to the floor in the forward; like torch.clamp_min, the clamp passes
   // no gradient where it acted (nor for a NaN step).
   const at::Tensor s64 = s.to(at::kDouble);

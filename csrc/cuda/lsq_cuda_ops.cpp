@@ -93,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor> lsq_backward_cuda(const at::Tensor& grad_y, c
   const at::Tensor gy = same_layout(grad_y, xd);
   const at::Tensor s = step_for_math(step, x);
   const int64_t channels = s.numel();
-  const double g = grad_scale.has_value() ? *grad_scale : default_grad_scale(xd.numel() / channels, qmax);
+  const double g = grad_scale_or_default(grad_scale, xd.numel(), channels, qmax);
   const cuda::Plan plan = plan_for(xd, axis, aligned16({&xd, &gy, &grad_x}), /*backward=*/true);
   at::Tensor grad_step = at::empty({channels}, s.options());
   const at::Tensor partials =
