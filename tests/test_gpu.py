@@ -131,3 +131,38 @@ def test_past_two_to_the_31_elements(cuda, backend):
         exact += terms.sum().item()
         magnitude += terms.abs().sum().item()
     assert abs(grad_step.item() - exact) <= 1e-5 * magnitude
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_quantized_model_trains_without_host_sync(cuda, backend, seed, dtype):
+    """A quantized CNN under autocast: after the first (initialising) step, forward, backward
+    and the optimizer step (with its step-size clamp) never wait on the device."""
+    import torch.nn.functional as F
+
+    from tiny_models import small_cnn, toy_task
+
+    model = small_cnn(batch_norm=True)
+    lsq_fast.quantize_model(model, per_channel_weights=True, backend=backend)
+    model.to(cuda)
+    images, labels = (t.to(cuda) for t in toy_task(16))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=dtype):
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    first = step()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            last = step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert last.item() < first.item()
+    for name, p in model.named_parameters():
+        if name.endswith("quantizer.step"):
+            assert p.dtype == p.grad.dtype == torch.float32 and bool((p > 0).all()), name

@@ -1,0 +1,142 @@
+"""quantize_model: one call that turns a float model into an LSQ model, as the paper trains it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from torch import nn
+
+from .layers import QuantConv2d, QuantizedLayer, QuantLinear
+
+# Exact types only: a subclass of Conv2d or Linear may have its own forward (or, like
+# MultiheadAttention's out_proj, be read by its parent through .weight), which a swap would lose.
+_QUANTIZED_TYPE = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    name: str
+    kind: str  # "Conv2d" or "Linear"
+    weight_bits: int | None  # None: left in float (skipped)
+    act_bits: int | None
+    per_channel_weights: bool
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class QuantizationSummary:
+    """What quantize_model did, one row per Conv2d/Linear; prints as a table."""
+
+    layers: tuple[LayerSummary, ...]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __str__(self) -> str:
+        header = ("layer", "kind", "weight", "activation", "note")
+        rows = [header] + [
+            (
+                layer.name,
+                layer.kind,
+                _bits(layer.weight_bits) + (" per-channel" if layer.per_channel_weights else ""),
+                _bits(layer.act_bits),
+                layer.note,
+            )
+            for layer in self.layers
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths).rstrip())
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def quantize_model(
+    model: nn.Module,
+    weight_bits: int = 4,
+    act_bits: int | None = 4,
+    first_last_bits: int | None = 8,
+    per_channel_weights: bool = False,
+    skip: Iterable[str] = (),
+    *,
+    act_signed: bool | str = "auto",
+    backend: str = "auto",
+) -> QuantizationSummary:
+    """Replaces, in place, every nn.Conv2d and nn.Linear of `model` by QuantConv2d/QuantLinear.
+
+    The first and the last of them (in registration order, which is the order of a CNN's
+    layers) get `first_last_bits` for weights and inputs, as in the LSQ paper; None gives them
+    the same bits as the rest. Layers named in `skip` (their names in named_modules) stay
+    float. Input activations use `act_signed` ("auto": signed when the first batch has a
+    negative value, as a normalised image does). Weights and biases are kept (the same
+    Parameters); the new step sizes are Parameters to add to the optimizer.
+
+    Returns the summary of what it did (it prints as a table). A model that already holds
+    quantized layers is an error: quantizing twice would quantize a quantized weight.
+    """
+    if type(model) in _QUANTIZED_TYPE:
+        raise ValueError(
+            f"lsq_fast: quantize_model replaces the layers inside a model; for a lone {type(model).__name__} "
+            f"use {_QUANTIZED_TYPE[type(model)].__name__}.from_float"
+        )
+    already = [name for name, m in model.named_modules() if isinstance(m, QuantizedLayer)]
+    if already:
+        first = model.get_submodule(already[0])
+        raise ValueError(f"lsq_fast: the model is already quantized ({already[0]} is a {type(first).__name__})")
+    names = [name for name, m in model.named_modules() if type(m) in _QUANTIZED_TYPE]
+    if not names:
+        raise ValueError("lsq_fast: the model has no nn.Conv2d or nn.Linear layer to quantize")
+    skip = {skip} if isinstance(skip, str) else set(skip)
+    unknown = sorted(skip.difference(names))
+    if unknown:
+        raise ValueError(
+            f"lsq_fast: skip names layers the model does not have as Conv2d/Linear: {', '.join(unknown)} "
+            f"(its layers: {_abbreviate(names)})"
+        )
+
+    # Build every replacement before touching the model, so that a bad argument leaves it as it was.
+    edges = {names[0]: "first", names[-1]: "last"} if first_last_bits is not None else {}
+    replacements, rows = {}, []
+    for name in names:
+        layer = model.get_submodule(name)
+        kind = type(layer).__name__
+        if name in skip:
+            rows.append(LayerSummary(name, kind, None, None, False, "skipped"))
+            continue
+        w_bits, a_bits = weight_bits, act_bits
+        if name in edges:  # activations stay float where the caller asked for weights only
+            w_bits, a_bits = first_last_bits, None if act_bits is None else first_last_bits
+        replacements[id(layer)] = _QUANTIZED_TYPE[type(layer)].from_float(
+            layer,
+            weight_bits=w_bits,
+            act_bits=a_bits,
+            per_channel_weights=per_channel_weights,
+            act_signed=act_signed,
+            backend=backend,
+        )
+        rows.append(LayerSummary(name, kind, w_bits, a_bits, per_channel_weights, edges.get(name, "")))
+
+    # Every place a layer appears: a module shared by two parents is replaced in both.
+    places = [
+        (parent, child_name, replacements[id(child)])
+        for _, parent in model.named_modules(remove_duplicate=False)
+        for child_name, child in parent._modules.items()  # named_children() would list a shared child once
+        if child is not None and id(child) in replacements
+    ]
+    for parent, child_name, replacement in places:
+        setattr(parent, child_name, replacement)
+    return QuantizationSummary(tuple(rows))
+
+
+def _bits(bits: int | None) -> str:
+    return "float" if bits is None else f"{bits}-bit"
+
+
+def _abbreviate(names: list[str], keep: int = 8) -> str:
+    shown = ", ".join(names[:keep])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > keep else "")
