@@ -156,7 +156,8 @@ class LSQQuantizer(nn.Module):
         world = _distributed.world_size()
         if self.grad_scale is not None or self.role == "weight" or world == 1:
             return self.grad_scale
-        return grad_scale_for_qmax(numel_per_step(x, None if self.channel_axis is None else self.channel_axis % x.dim()) * world, qrange(self.bits, self._signed)[1])
+        axis = None if self.channel_axis is None else self.channel_axis % x.dim()
+        return grad_scale_for_qmax(numel_per_step(x, axis) * world, qrange(self.bits, self._signed)[1])
 
     # -- state: what a checkpoint holds beyond step and initialized ---------------------------
 

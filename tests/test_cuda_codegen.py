@@ -8,7 +8,6 @@ wheel's headers. Without nvcc these tests skip, except in CI (CI=true), where th
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

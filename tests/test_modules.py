@@ -82,6 +82,30 @@ def test_layer_equals_reference_composition(impl, seed, kind, per_channel, bias)
     torch.testing.assert_close(q.input_quantizer.step.grad, x_step.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_layouts_pass_through(seed):
+    """channels_last weights and activations stay channels_last; a strided input is fine."""
+    conv = nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+    q = QuantConv2d.from_float(conv, per_channel_weights=True)
+    x = torch.randn(2, 4, 9, 9).to(memory_format=torch.channels_last)
+    q(x)
+    y = q(x)
+    w_q = reference.lsq_quantize(conv.weight, q.weight_quantizer.step, 4, channel_axis=0)
+    x_q = reference.lsq_quantize(x, q.input_quantizer.step, 4)
+    assert w_q.is_contiguous(memory_format=torch.channels_last)
+    assert q.quantized_weight().is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, F.conv2d(x_q, w_q, conv.bias))
+
+    linear = QuantLinear.from_float(nn.Linear(6, 3))
+    x = torch.randn(6, 5).t()  # not contiguous
+    linear(x)
+    expected = F.linear(
+        reference.lsq_quantize(x, linear.input_quantizer.step, 4),
+        reference.lsq_quantize(linear.weight, linear.weight_quantizer.step, 4),
+        linear.bias,
+    )
+    assert torch.equal(linear(x), expected)
+
+
 def test_from_float_keeps_weights_bias_and_mode():
     conv = nn.Conv2d(3, 4, 3, padding=2, padding_mode="reflect").eval()
     q = QuantConv2d.from_float(conv, weight_bits=2, act_bits=None)
@@ -392,4 +416,5 @@ def test_extra_repr_shows_configuration():
     q = LSQQuantizer(4, signed=True, channel_axis=0, num_channels=3)
     assert repr(q) == "LSQQuantizer(bits=4, signed=True, per-channel (axis 0, 3), step=[1 .. 1], uninitialised)"
     q(torch.tensor([[0.5, -1.0], [2.0, 2.0], [0.0, 3.0]]))
-    assert repr(q).startswith("LSQQuantizer(bits=4, signed=True, per-channel (axis 0, 3), step=[0.5669 .. 1.512])")  # 2 * (0.75, 2) / sqrt(7)
+    # steps 2 * (0.75, 2, 1.5) / sqrt(7)
+    assert repr(q).startswith("LSQQuantizer(bits=4, signed=True, per-channel (axis 0, 3), step=[0.5669 .. 1.512])")
