@@ -12,11 +12,13 @@ SOURCES := setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h csrc/
 INSTALLED := $(VENV)/.lsq_fast-installed
 JOBS ?= 2
 
-.PHONY: help install test bench ctest clean
+.PHONY: help install test bench bench-pytest ctest clean
 
 help:
 	@echo "make test    set up $(VENV), build lsq_fast, run the test suite"
-	@echo "make bench   set up $(VENV), build lsq_fast, run the kernel benchmark"
+	@echo "make bench   set up $(VENV), build lsq_fast, run the main benchmark (kernels, ResNet-18 QAT step)"
+	@echo "             BENCH_ARGS='--gpu' for the GPU-sized run; results in benchmarks/results/local/"
+	@echo "make bench-pytest  the kernel benchmark as a pytest-benchmark suite"
 	@echo "make ctest   build the C++ library with CMake and run its C++ test"
 
 $(PY):
@@ -35,7 +37,10 @@ test: $(INSTALLED)
 	$(PY) -m pytest -q
 
 bench: $(INSTALLED)
-	$(PY) benchmarks/bench_lsq.py
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+bench-pytest: $(INSTALLED)
+	$(PY) -m pytest benchmarks/test_kernels_benchmark.py --benchmark-only $(PYTEST_ARGS)
 
 ctest: $(INSTALLED)
 	cmake -S . -B build-cmake -G Ninja -DCMAKE_BUILD_TYPE=Release \

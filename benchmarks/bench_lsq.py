@@ -29,15 +29,9 @@ fit in the last-level cache of many CPUs, so on those the ceiling is the cache's
 from __future__ import annotations
 
 import argparse
-import ctypes
-import datetime
-import importlib.metadata
 import itertools
 import json
 import math
-import os
-import platform
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,10 +40,13 @@ from typing import Callable, Optional
 import torch
 
 import lsq_fast
-from cases import SUITES, Case, Inputs, make_inputs  # benchmarks/ is on sys.path when run as a script
+from cases import SUITES, Case, Inputs, make_inputs, suite_cases  # benchmarks/ is on sys.path as a script
+from env_info import environment, keep_freed_memory
+from peak_memory import peak_bytes
+from png_chart import line_chart
+from progress import Progress
 from timing import Timing, interleaved_medians
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("fwd", "bwd", "fwd+bwd")
 # Elements of x's size that each mode must read or write (see the module docstring).
@@ -206,6 +203,8 @@ class Row:
     inner: Optional[int] = None
     mismatch: Optional[float] = None
     other_cpu: Optional[float] = None  # CPU share other processes took during these rounds
+    peak_mb: Optional[float] = None  # fwd+bwd only: the most tensor memory one call holds
+    suite: str = ""
 
 
 def copy_ceiling(sets: list[Inputs], rounds: int) -> tuple[float, Optional[float]]:
@@ -260,9 +259,13 @@ def bench_case(case: Case, dtype_name: str, providers: list[str], device: torch.
         timings = interleaved_medians(thunks, device, rounds=rounds)
         bytes_moved = ELEMENTS_MOVED[mode] * inp.x.numel() * inp.x.element_size()
         base = timings.get("lsq_fast")
+        peaks = {name: peak_bytes(make_thunk(fn, mode, [inp]), device) for name, fn in runnable.items()} \
+            if mode == "fwd+bwd" else {}
         for name in providers:
             row = Row(dtype_name, case.name, mode, name, case.numel, case.count, mismatch=mismatch.get(name))
             fill_row(row, timings.get(name), base, bytes_moved, copy_gbps)
+            if name in peaks:
+                row.peak_mb = peaks[name] / 2**20
             rows.append(row)
     return rows, copy_gbps, copy_other_cpu
 
@@ -294,86 +297,11 @@ def contention_warnings(rows: list[Row], copy_other_cpu: dict[str, Optional[floa
 # --- environment and output
 
 
-def keep_freed_memory() -> bool:
-    """Stops glibc from handing freed tensor memory back to the kernel (Linux/glibc only).
-
-    By default glibc serves allocations of a few MB with fresh mmap()s, or trims the heap once
-    they are freed, so every call page-faults its outputs and temporaries in again; interleaving
-    providers makes that churn worse and the timings bimodal. Raising the mmap and trim
-    thresholds keeps the pages, as jemalloc/tcmalloc would. On by default: without it, medians
-    of the same build swing by up to 5x from run to run on a small VM. It lowers eager
-    PyTorch's times most (it allocates most); --no-keep-freed-memory measures glibc as it comes.
-    """
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    libc = ctypes.CDLL(None)
-    # 32 MiB is the largest mmap threshold glibc accepts on 64-bit; tensors above it still mmap.
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> Optional[str]:
-    """The checked-out commit (with -dirty for uncommitted changes), or LSQ_FAST_COMMIT where the
-    tree is a copy without .git (the GPU machine)."""
-    if os.environ.get("LSQ_FAST_COMMIT"):
-        return os.environ["LSQ_FAST_COMMIT"]
-
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-
-    try:
-        head = git("rev-parse", "--short", "HEAD")
-        if head.returncode != 0:
-            return None
-        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _version_of(package: str) -> Optional[str]:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def environment(device: torch.device) -> dict:
-    return {
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "triton": _version_of("triton"),
-        "cuda": torch.version.cuda,
-        "lsq_fast": lsq_fast.__version__,
-        "cpu_isa": lsq_fast.cpu_isa(),
-        # "auto" where it picks per tensor between the CUDA and Triton kernels (backend_table.json)
-        "lsq_fast_backend": "auto" if {"cuda", "triton"} <= set(lsq_fast.available_backends(device))
-        else lsq_fast.available_backends(device)[0],
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-    }
-
-
 def fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
 
-HEADER = ("case", "elements", "mode", "provider", "ms", "±IQR", "GB/s", "% of copy", "lsq_fast speed-up")
+HEADER = ("case", "elements", "mode", "provider", "ms", "±IQR", "GB/s", "% of copy", "lsq_fast speed-up", "peak MB")
 
 
 def table_lines(rows: list[Row], backend: str) -> list[tuple[str, ...]]:
@@ -393,6 +321,7 @@ def table_lines(rows: list[Row], backend: str) -> list[tuple[str, ...]]:
                 fmt(r.gbps, ".1f"),
                 fmt(r.pct_of_copy, ".0f", "%"),
                 fmt(r.speedup, ".2f", "x") if r.speedup is not None else ("-" if r.ms is not None else "n/a"),
+                fmt(r.peak_mb, ".1f") if r.peak_mb is not None else "-",
             )
         )
     return lines
@@ -421,6 +350,19 @@ def network_totals(rows: list[Row]) -> dict[tuple[str, str], float]:
     return totals
 
 
+def size_chart(rows: list[Row], ceilings: dict[str, float], mode: str, where: str) -> bytes:
+    """PNG: GB/s against elements, a line per provider and the copy ceiling (dashed)."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    numel = {r.case: r.numel for r in rows}
+    for r in rows:
+        if r.mode == mode and r.gbps is not None:
+            series.setdefault(r.provider, []).append((r.numel, r.gbps))
+    series["copy ceiling"] = [(numel[case], gbps) for case, gbps in ceilings.items()]
+    label = lambda n: f"{int(n) >> 20}M" if n >= 1 << 20 else f"{int(n) >> 10}K"  # noqa: E731
+    return line_chart(series, title=f"LSQ {mode}: {where}", x_label="elements (per-tensor activation)",
+                      y_label="GB/s (contract bytes)", x_tick_label=label, dashed=("copy ceiling",))
+
+
 def markdown(sections: list[tuple[str, list[Row], dict]], env: dict, args) -> str:
     out = [
         "# lsq_fast kernel benchmark",
@@ -428,7 +370,7 @@ def markdown(sections: list[tuple[str, list[Row], dict]], env: dict, args) -> st
         f"- device: {env['device_name']} ({env['device']}); torch {env['torch']}; triton {env['triton']}; "
         f"CUDA {env['cuda']}; lsq_fast backend `{env['lsq_fast_backend']}`",
         f"- commit {env['git_commit']}, {env['date']}; rounds {args.rounds}",
-        f"- command: `python benchmarks/bench_lsq.py {' '.join(sys.argv[1:])}`",
+        f"- command: `python benchmarks/bench_lsq.py {' '.join(args.argv)}`",
         "- GB/s counts the contract's bytes (fwd 2, bwd 3, fwd+bwd 5 elements of x's size); "
         "% of copy is against a measured same-size device copy (one read, one write per element).",
         "",
@@ -447,10 +389,22 @@ def markdown(sections: list[tuple[str, list[Row], dict]], env: dict, args) -> st
     return "\n".join(out)
 
 
+def parse_size(text: str) -> int:
+    """"4096", "64K", "16M" -> elements."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper()
+    try:
+        return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (say 4096, 64K or 16M)") from None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", nargs="+", choices=list(SUITES), default=["main"])
     p.add_argument("--cases", nargs="+", help="only these cases of the suites (names as printed)")
+    p.add_argument("--batch", type=int, default=32, help="batch of the resnet18 suite's activations")
+    p.add_argument("--max-size", type=parse_size, help="leave out tensors with more elements (e.g. 16M)")
     p.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=["float32"])
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     p.add_argument("--rounds", type=int, default=50, help="interleaved timing rounds per case and mode")
@@ -461,6 +415,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     p.add_argument("--markdown", metavar="PATH", help="also write the tables as Markdown to PATH")
+    p.add_argument("--plot", metavar="PREFIX",
+                   help="PNG of GB/s against size per provider, with the copy ceiling, for the sizes suite: "
+                   "PREFIX-<dtype>-<mode>.png")
     p.add_argument(
         "--keep-freed-memory",
         action=argparse.BooleanOptionalAction,
@@ -481,6 +438,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # for the command line in the reports
     device = torch.device(args.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -496,15 +454,25 @@ def main(argv=None) -> int:
     providers = [p for p in providers if not p.startswith("lsq_fast:") or p.split(":")[1] in available]
 
     all_rows, copy_by_dtype, sections = [], {}, []
-    for suite in args.suite:
-        cases = [c for c in SUITES[suite] if not args.cases or c.name in args.cases]
+    plan = {
+        suite: [c for c in suite_cases(suite, batch=args.batch, max_numel=args.max_size)
+                if not args.cases or c.name in args.cases]
+        for suite in args.suite
+    }
+    progress = Progress(sum(len(cases) for cases in plan.values()) * len(args.dtype))
+    for suite, cases in plan.items():
         for dtype_name in args.dtype:
             ceilings, copy_other_cpu, rows = {}, {}, []
             for case in cases:
+                progress.show(f"{suite} {dtype_name} {case.name}")
                 case_rows, ceilings[case.name], copy_other_cpu[case.name] = bench_case(
                     case, dtype_name, providers, device, args.rounds, opts, args.modes
                 )
+                for row in case_rows:
+                    row.suite = suite
                 rows += case_rows
+                progress.advance()
+            progress.clear()
             copy_by_dtype.setdefault(dtype_name, {}).update(
                 {c: {"gbps": ceilings[c], "other_cpu": copy_other_cpu[c]} for c in ceilings}
             )
@@ -522,6 +490,11 @@ def main(argv=None) -> int:
             sys.stdout.flush()
             sections.append((f"{suite}, {dtype_name}", rows, ceilings))
             all_rows += rows
+            if args.plot and suite == "sizes":
+                for mode in args.modes:
+                    path = f"{args.plot}-{dtype_name}-{mode}.png"
+                    Path(path).write_bytes(size_chart(rows, ceilings, mode, f"{dtype_name}, {env['device_name']}"))
+                    print(f"wrote {path}")
 
     if args.json:
         out = {

@@ -2,7 +2,7 @@
 
     main      two representative tensors (what `make bench` times on any machine)
     sizes     one per-tensor activation quantizer per size, 4K to 64M elements (x4 steps)
-    resnet18  every distinct quantized tensor of ResNet-18 at batch 32, 224x224: the input of
+    resnet18  every distinct quantized tensor of ResNet-18 at batch 32 (or another), 224x224: the input of
               each conv and of the fc layer (per-tensor; unsigned after a ReLU, signed 8-bit for
               the image) and each weight (per output channel; 8-bit for the first and last
               layer, as in the LSQ paper). `count` says how often the tensor occurs per step.
@@ -56,15 +56,22 @@ SUITES: dict[str, list[Case]] = {
         _weight("weight", (512, 256, 3, 3)),
     ],
     "sizes": [_act(f"act-{_size_label(1 << k)}", (1 << k,)) for k in range(12, 27, 2)],
-    "resnet18": [
-        _act("conv1.in", (32, 3, 224, 224), bits=8, relu=False),
+    "resnet18": [],  # filled in below, at batch 32: resnet18_cases(batch) for others
+}
+
+
+def resnet18_cases(batch: int = 32) -> list[Case]:
+    """Every distinct quantized tensor of ResNet-18 on 224x224 images (see the module docstring)."""
+    b = batch
+    return [
+        _act("conv1.in", (b, 3, 224, 224), bits=8, relu=False),
         # Each conv quantizes its own input: 64x56x56 enters layer1's 4 convs and layer2.0's
         # conv1 and downsample, 6 quantizers; 21 activation and 21 weight quantizers in all.
-        _act("layer1.in", (32, 64, 56, 56), count=6),
-        _act("layer2.in", (32, 128, 28, 28), count=5),  # 3 convs of layer2, layer3.0.conv1 and .downsample
-        _act("layer3.in", (32, 256, 14, 14), count=5),
-        _act("layer4.in", (32, 512, 7, 7), count=3),
-        _act("fc.in", (32, 512), bits=8),
+        _act("layer1.in", (b, 64, 56, 56), count=6),
+        _act("layer2.in", (b, 128, 28, 28), count=5),  # 3 convs of layer2, layer3.0.conv1 and .downsample
+        _act("layer3.in", (b, 256, 14, 14), count=5),
+        _act("layer4.in", (b, 512, 7, 7), count=3),
+        _act("fc.in", (b, 512), bits=8),
         _weight("conv1.w", (64, 3, 7, 7), bits=8),
         _weight("layer1.w", (64, 64, 3, 3), count=4),
         _weight("layer2.0.conv1.w", (128, 64, 3, 3)),
@@ -77,8 +84,16 @@ SUITES: dict[str, list[Case]] = {
         _weight("layer4.w", (512, 512, 3, 3), count=3),
         _weight("layer4.down.w", (512, 256, 1, 1)),
         _weight("fc.w", (1000, 512), bits=8),
-    ],
-}
+    ]
+
+
+SUITES["resnet18"] = resnet18_cases()
+
+
+def suite_cases(name: str, *, batch: int = 32, max_numel: Optional[int] = None) -> list[Case]:
+    """A suite's cases: ResNet-18's at `batch`, and none larger than max_numel elements."""
+    cases = resnet18_cases(batch) if name == "resnet18" else SUITES[name]
+    return [c for c in cases if max_numel is None or c.numel <= max_numel]
 
 
 @dataclass

@@ -1,0 +1,193 @@
+"""End-to-end cost of quantization-aware training: one ResNet-18 training step, three ways.
+
+    .venv/bin/python benchmarks/bench_qat.py                       # CPU: batch 8, float32
+    python benchmarks/bench_qat.py --device cuda                   # GPU: batch 256, bf16 autocast
+
+Variants, all the same ResNet-18 (benchmarks/resnet18.py) from the same seed:
+  float      no quantizers
+  lsq_fast   quantize_model(model): weights and activations at 4 bits, first and last layer at
+             8, lsq_fast's fused kernels (backend "auto")
+  reference  the same quantized model with backend="reference": the paper's quantizer in plain
+             PyTorch (lsq_fast.reference), what users write today
+
+A step is zero_grad, forward, cross-entropy, backward and an SGD step (momentum 0.9, weight
+decay 1e-4), timed as interleaved medians (benchmarks/timing.py) after the first step (which
+initialises the quantizers). QAT overhead = step time / float step time - 1. Peak memory is the
+most tensor memory one step holds above what is live between steps (weights, momentum).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+import lsq_fast
+from env_info import environment, keep_freed_memory
+from peak_memory import peak_bytes
+from resnet18 import ResNet18
+from timing import interleaved_medians
+
+VARIANTS = {"float": None, "lsq_fast": "auto", "reference": "reference"}  # variant -> quantizer backend
+
+
+@dataclass
+class QatRow:
+    variant: str
+    batch: int
+    dtype: str
+    ms: float
+    iqr_pct: float
+    images_per_s: float
+    peak_mb: float
+    overhead_pct: Optional[float] = None  # over the float step; None for float itself
+
+
+def training_step(
+    variant: str, device: torch.device, batch: int, size: int, amp_dtype: Optional[torch.dtype]
+) -> Callable[[], None]:
+    """A closure running one training step of the variant's model (made and initialised here)."""
+    torch.manual_seed(0)
+    model = ResNet18()
+    if VARIANTS[variant] is not None:
+        lsq_fast.quantize_model(model, weight_bits=4, act_bits=4, first_last_bits=8, backend=VARIANTS[variant])
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(batch, 3, size, size, generator=generator).to(device, memory_format=memory_format)
+    labels = torch.randint(0, 1000, (batch,), generator=generator).to(device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+
+    step()  # initialises the quantizers (and the optimizer's momentum)
+    return step
+
+
+def run(device: torch.device, batch: int, size: int, amp_dtype: Optional[torch.dtype], rounds: int,
+        variants: list[str]) -> list[QatRow]:
+    steps = {name: training_step(name, device, batch, size, amp_dtype) for name in variants}
+    peaks = {name: peak_bytes(step, device) for name, step in steps.items()}
+    timings = interleaved_medians(steps, device, rounds=rounds, warmup=1, min_sample_s=0)
+    dtype = str(amp_dtype).removeprefix("torch.") if amp_dtype else "float32"
+    rows = []
+    for name in variants:
+        t = timings[name]
+        row = QatRow(name, batch, dtype, t.median_s * 1e3, t.iqr_pct, batch / t.median_s, peaks[name] / 2**20)
+        if name != "float" and "float" in timings:
+            row.overhead_pct = 100.0 * (t.median_s / timings["float"].median_s - 1)
+        rows.append(row)
+    return rows
+
+
+HEADER = ("variant", "batch", "dtype", "step ms", "±IQR", "images/s", "peak MB", "QAT overhead")
+
+
+def table_lines(rows: list[QatRow]) -> list[tuple[str, ...]]:
+    return [
+        (
+            r.variant,
+            str(r.batch),
+            r.dtype,
+            f"{r.ms:.1f}",
+            f"{r.iqr_pct:.0f}%",
+            f"{r.images_per_s:.1f}",
+            f"{r.peak_mb:.0f}",
+            "-" if r.overhead_pct is None else f"{r.overhead_pct:+.1f}%",
+        )
+        for r in rows
+    ]
+
+
+def overhead_ratio(rows: list[QatRow]) -> Optional[float]:
+    """lsq_fast's QAT overhead as a fraction of the reference's (the target: at most 0.5)."""
+    by = {r.variant: r.overhead_pct for r in rows}
+    if by.get("lsq_fast") is None or not by.get("reference"):
+        return None
+    return by["lsq_fast"] / by["reference"]
+
+
+def markdown(rows: list[QatRow], env: dict, args) -> str:
+    lines = table_lines(rows)
+    out = [
+        f"### ResNet-18 training step, {env['device_name']}",
+        "",
+        f"- batch {args.batch}, {args.size}x{args.size}, {rows[0].dtype}; rounds {args.rounds}; "
+        f"commit {env['git_commit']}, {env['date']}",
+        f"- command: `python benchmarks/bench_qat.py {' '.join(args.argv)}`",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "|".join("---" for _ in HEADER) + "|",
+        *("| " + " | ".join(line) + " |" for line in lines),
+    ]
+    ratio = overhead_ratio(rows)
+    if ratio is not None:
+        out += ["", f"lsq_fast's QAT overhead is {100 * ratio:.0f}% of the reference quantizer's."]
+    return "\n".join(out) + "\n"
+
+
+def print_table(rows: list[QatRow]) -> None:
+    lines = table_lines(rows)
+    widths = [max(len(c) for c in col) for col in zip(HEADER, *lines)]
+    for line in [HEADER, tuple("-" * w for w in widths), *lines]:
+        print("  ".join(c.ljust(w) if j in (0, 2) else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths))).rstrip())
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=int, help="images per step (default: 256 on CUDA, 8 on CPU)")
+    p.add_argument("--size", type=int, default=224, help="image side")
+    p.add_argument("--amp", choices=["none", "bfloat16", "float16"],
+                   help="autocast dtype (default: bfloat16 on CUDA, none on CPU)")
+    p.add_argument("--rounds", type=int, default=None, help="timing rounds (default: 20 on CUDA, 5 on CPU)")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--markdown", metavar="PATH")
+    args = p.parse_args(argv)
+    cuda = torch.device(args.device).type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        p.error("--device cuda asked for, but torch.cuda.is_available() is False")
+    args.batch = args.batch or (256 if cuda else 8)
+    args.amp = args.amp or ("bfloat16" if cuda else "none")
+    args.rounds = args.rounds or (20 if cuda else 5)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # for the command line in the reports
+    device = torch.device(args.device)
+    env = environment(device)
+    env["keep_freed_memory"] = keep_freed_memory()
+    amp_dtype = None if args.amp == "none" else getattr(torch, args.amp)
+    rows = run(device, args.batch, args.size, amp_dtype, args.rounds, args.variants)
+    print(f"\n[qat] ResNet-18 training step | {env['device_name']} ({env['device']}) | batch {args.batch} | "
+          f"{args.size}x{args.size} | {rows[0].dtype} | rounds {args.rounds}")
+    print_table(rows)
+    ratio = overhead_ratio(rows)
+    if ratio is not None:
+        print(f"lsq_fast's QAT overhead is {100 * ratio:.0f}% of the reference quantizer's")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"environment": env, "args": vars(args) | {"json": None, "markdown": None},
+                                               "results": [asdict(r) for r in rows]}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(rows, env, args))
+        print(f"wrote {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

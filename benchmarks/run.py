@@ -1,0 +1,133 @@
+"""The main benchmark (`make bench`): kernels against their peers, and the end-to-end cost of QAT.
+
+    .venv/bin/python benchmarks/run.py                 # sized for a CPU: ~2-3 minutes on 2 cores
+    .venv/bin/python benchmarks/run.py --gpu           # sized for a GPU (batch 32 tensors, 4K-64M, bf16 too)
+    .venv/bin/python benchmarks/run.py --dtype float32 bfloat16 --providers lsq_fast reference --max-size 1M
+
+Runs benchmarks/bench_lsq.py on the ResNet-18 tensors and the size sweep, then
+benchmarks/bench_qat.py, and writes to --out (default benchmarks/results/local/):
+  kernels.json, kernels.md     every kernel row (time, GB/s, % of copy, speed-ups, peak memory)
+  sizes-<dtype>-<mode>.png     GB/s against size per provider, with the measured copy ceiling
+  qat.json, qat.md             the ResNet-18 training step: float, lsq_fast, reference quantizer
+  summary.md                   the headline numbers against the project's targets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import bench_lsq
+import bench_qat
+
+# The targets of the benchmark issue, per device type: lsq_fast's fwd+bwd speed-up over each
+# peer on every ResNet-18 tensor, and its QAT overhead against the reference quantizer's.
+KERNEL_TARGETS = {
+    "cpu": {"reference+compile": 1.3, "reference": 8.0},
+    "cuda": {"reference+compile": 1.2, "torch_learnable": 3.0},
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--gpu", action="store_true", help="the GPU-sized run (needs CUDA)")
+    p.add_argument("--dtype", nargs="+", choices=list(bench_lsq.DTYPES),
+                   help="default: float32 (CPU), float32 bfloat16 (GPU)")
+    p.add_argument("--providers", nargs="+", choices=list(bench_lsq.PROVIDERS), default=list(bench_lsq.PROVIDERS))
+    p.add_argument("--max-size", type=bench_lsq.parse_size, help="largest tensor (default: 4M on CPU, 64M on GPU)")
+    p.add_argument("--batch", type=int, help="batch of the ResNet-18 tensors (default: 8 on CPU, 32 on GPU)")
+    p.add_argument("--rounds", type=int, help="kernel timing rounds (default: 10 on CPU, 20 on GPU)")
+    p.add_argument("--skip-kernels", action="store_true")
+    p.add_argument("--skip-qat", action="store_true")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "local")
+    args = p.parse_args(argv)
+    if args.gpu and not torch.cuda.is_available():
+        p.error("--gpu asked for, but torch.cuda.is_available() is False")
+    args.device = "cuda" if args.gpu else "cpu"
+    args.dtype = args.dtype or (["float32", "bfloat16"] if args.gpu else ["float32"])
+    args.max_size = args.max_size or (64 << 20 if args.gpu else 4 << 20)
+    args.batch = args.batch or (32 if args.gpu else 8)
+    args.rounds = args.rounds or (20 if args.gpu else 10)
+    return args
+
+
+def kernel_verdicts(rows: list[dict], device_type: str) -> list[str]:
+    """One line per target: the smallest fwd+bwd speed-up over the ResNet-18 tensors."""
+    lines = []
+    for peer, target in KERNEL_TARGETS[device_type].items():
+        speedups = {
+            (r["dtype"], r["case"]): r["speedup"]
+            for r in rows
+            if r["suite"] == "resnet18" and r["mode"] == "fwd+bwd" and r["provider"] == peer and r["speedup"] is not None
+        }
+        if not speedups:
+            continue
+        (dtype, case), worst = min(speedups.items(), key=lambda item: item[1])
+        met = sum(s >= target for s in speedups.values())
+        lines.append(
+            f"- fwd+bwd vs {peer}: target {target}x on every ResNet-18 tensor; met on {met}/{len(speedups)}; "
+            f"smallest {worst:.2f}x ({case}, {dtype}){'' if met == len(speedups) else ' - NOT MET'}"
+        )
+    return lines
+
+
+def qat_verdict(rows: list[dict], device_type: str) -> list[str]:
+    by = {r["variant"]: r for r in rows}
+    if "lsq_fast" not in by or by["lsq_fast"]["overhead_pct"] is None:
+        return []
+    ours = by["lsq_fast"]["overhead_pct"]
+    lines = [f"- QAT overhead over float: lsq_fast {ours:+.1f}%"
+             + (f", reference quantizer {by['reference']['overhead_pct']:+.1f}%" if "reference" in by else "")]
+    if "reference" in by and by["reference"]["overhead_pct"]:
+        ratio = ours / by["reference"]["overhead_pct"]
+        lines.append(f"- lsq_fast's overhead is {100 * ratio:.0f}% of the reference's (target: at most 50%)"
+                     + ("" if ratio <= 0.5 else " - NOT MET"))
+    if device_type == "cuda":
+        lines.append(f"- target on GPU: lsq_fast's overhead under 10%{'' if ours < 10 else ' - NOT MET'}")
+    return lines
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out
+    if not args.skip_kernels:
+        bench_lsq.main([
+            "--device", args.device, "--suite", "resnet18", "sizes", "--batch", str(args.batch),
+            "--max-size", str(args.max_size), "--dtype", *args.dtype, "--providers", *args.providers,
+            "--rounds", str(args.rounds), "--json", str(out / "kernels.json"), "--markdown", str(out / "kernels.md"),
+            "--plot", str(out / "sizes"),
+        ])
+    if not args.skip_qat:
+        bench_qat.main(["--device", args.device, "--json", str(out / "qat.json"), "--markdown", str(out / "qat.md")])
+
+    summary = ["# lsq_fast benchmark summary", ""]
+    env = None
+    if (out / "kernels.json").exists() and not args.skip_kernels:
+        kernels = json.loads((out / "kernels.json").read_text())
+        env = kernels["environment"]
+        verdicts = kernel_verdicts(kernels["results"], args.device)
+        summary += ["## Kernels (ResNet-18 tensors, fwd+bwd)", "", *verdicts, "",
+                    "Tables: [kernels.md](kernels.md); GB/s against size: "
+                    + ", ".join(f"[{p.name}]({p.name})" for p in sorted(out.glob("sizes-*.png"))), ""]
+    if (out / "qat.json").exists() and not args.skip_qat:
+        qat = json.loads((out / "qat.json").read_text())
+        env = env or qat["environment"]
+        verdicts = qat_verdict(qat["results"], args.device)
+        summary += ["## End to end (ResNet-18 training step)", "", *verdicts, "",
+                    (out / "qat.md").read_text(), ""]
+    if env:
+        summary[1:1] = ["", f"{env['device_name']} ({env['device']}), torch {env['torch']}, triton {env['triton']}, "
+                        f"commit {env['git_commit']}, {env['date']}", ""]
+    (out / "summary.md").write_text("\n".join(summary))
+    print("\n" + "\n".join(summary))
+    print(f"wrote {out}/summary.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
