@@ -1,12 +1,13 @@
 """The main benchmark (`make bench`): kernels against their peers, and the end-to-end cost of QAT.
 
-    .venv/bin/python benchmarks/run.py                 # sized for a CPU: ~2-3 minutes on 2 cores
+    .venv/bin/python benchmarks/run.py                 # sized for a CPU: under 3 minutes on 2 cores
     .venv/bin/python benchmarks/run.py --gpu           # sized for a GPU (batch 32 tensors, 4K-64M, bf16 too)
     .venv/bin/python benchmarks/run.py --dtype float32 bfloat16 --providers lsq_fast reference --max-size 1M
 
 Runs benchmarks/bench_lsq.py on the ResNet-18 tensors and the size sweep, then
 benchmarks/bench_qat.py, and writes to --out (default benchmarks/results/local/):
   kernels.json, kernels.md     every kernel row (time, GB/s, % of copy, speed-ups, peak memory)
+  kernels-stock-alloc.*        CPU: lsq_fast and the eager reference again, with glibc's allocator as it comes
   sizes-<dtype>-<mode>.png     GB/s against size per provider, with the measured copy ceiling
   qat.json, qat.md             the ResNet-18 training step: float, lsq_fast, reference quantizer
   summary.md                   the headline numbers against the project's targets
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-size", type=bench_lsq.parse_size, help="largest tensor (default: 4M on CPU, 64M on GPU)")
     p.add_argument("--batch", type=int, help="batch of the ResNet-18 tensors (default: 8 on CPU, 32 on GPU)")
     p.add_argument("--rounds", type=int, help="kernel timing rounds (default: 10 on CPU, 20 on GPU)")
+    p.add_argument("--modes", nargs="+", choices=list(bench_lsq.MODES),
+                   help="kernel modes (default: fwd fwd+bwd on CPU, all three on GPU)")
+    p.add_argument("--qat-rounds", type=int, help="training-step timing rounds (default: 5 on CPU, 20 on GPU)")
     p.add_argument("--skip-kernels", action="store_true")
     p.add_argument("--skip-qat", action="store_true")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "local")
@@ -52,6 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.max_size = args.max_size or (64 << 20 if args.gpu else 4 << 20)
     args.batch = args.batch or (32 if args.gpu else 8)
     args.rounds = args.rounds or (20 if args.gpu else 10)
+    args.modes = args.modes or (list(bench_lsq.MODES) if args.gpu else ["fwd", "fwd+bwd"])
     return args
 
 
@@ -95,15 +101,31 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out
+    stale = (["kernels*", "sizes-*.png"] if not args.skip_kernels else []) + (["qat.*"] if not args.skip_qat else [])
+    for pattern in stale:  # a part that runs replaces all it wrote last time
+        for path in out.glob(pattern):
+            path.unlink()
     if not args.skip_kernels:
         bench_lsq.main([
             "--device", args.device, "--suite", "resnet18", "sizes", "--batch", str(args.batch),
-            "--max-size", str(args.max_size), "--dtype", *args.dtype, "--providers", *args.providers,
+            "--max-size", str(args.max_size), "--dtype", *args.dtype, "--providers", *args.providers, "--modes", *args.modes,
             "--rounds", str(args.rounds), "--json", str(out / "kernels.json"), "--markdown", str(out / "kernels.md"),
             "--plot", str(out / "sizes"),
         ])
+    if not args.skip_kernels and args.device == "cpu" and "reference" in args.providers:
+        # glibc as it comes returns freed memory to the OS and faults it back in on every call,
+        # which costs the eager reference (many temporaries) most. The main run keeps freed
+        # memory (see bench_lsq.keep_freed_memory); this one measures what users get by
+        # default, in a fresh process since the setting cannot be undone.
+        subprocess.run([
+            sys.executable, str(Path(__file__).with_name("bench_lsq.py")), "--device", "cpu", "--suite", "resnet18",
+            "--batch", str(args.batch), "--dtype", *args.dtype, "--modes", "fwd+bwd", "--providers", "lsq_fast",
+            "reference", "--rounds", str(args.rounds), "--no-keep-freed-memory", "--json", str(out / "kernels-stock-alloc.json"),
+            "--markdown", str(out / "kernels-stock-alloc.md"),
+        ], check=True)
     if not args.skip_qat:
-        bench_qat.main(["--device", args.device, "--json", str(out / "qat.json"), "--markdown", str(out / "qat.md")])
+        rounds = ["--rounds", str(args.qat_rounds)] if args.qat_rounds else []
+        bench_qat.main(["--device", args.device, *rounds, "--json", str(out / "qat.json"), "--markdown", str(out / "qat.md")])
 
     summary = ["# lsq_fast benchmark summary", ""]
     env = None
@@ -111,6 +133,10 @@ def main(argv=None) -> int:
         kernels = json.loads((out / "kernels.json").read_text())
         env = kernels["environment"]
         verdicts = kernel_verdicts(kernels["results"], args.device)
+        if (out / "kernels-stock-alloc.json").exists():
+            stock = json.loads((out / "kernels-stock-alloc.json").read_text())["results"]
+            verdicts += [line.replace("- fwd+bwd vs reference:", "- with glibc's stock allocator, fwd+bwd vs reference:")
+                         for line in kernel_verdicts(stock, args.device) if "vs reference:" in line]
         summary += ["## Kernels (ResNet-18 tensors, fwd+bwd)", "", *verdicts, "",
                     "Tables: [kernels.md](kernels.md); GB/s against size: "
                     + ", ".join(f"[{p.name}]({p.name})" for p in sorted(out.glob("sizes-*.png"))), ""]
