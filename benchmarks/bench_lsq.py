@@ -45,6 +45,7 @@ from env_info import environment, keep_freed_memory
 from peak_memory import peak_bytes
 from png_chart import line_chart
 from progress import Progress
+from report import console_table, markdown_table, write
 from timing import Timing, interleaved_medians
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -328,15 +329,7 @@ def table_lines(rows: list[Row], backend: str) -> list[tuple[str, ...]]:
 
 
 def print_table(rows: list[Row], backend: str) -> None:
-    lines = table_lines(rows, backend)
-    widths = [max(len(str(c)) for c in col) for col in zip(HEADER, *lines)]
-    text = {0, 2, 3}  # text columns, left-aligned; numbers right-aligned
-    for line in [HEADER, None, *lines]:
-        if line is None:
-            print("  ".join("-" * w for w in widths))
-            continue
-        cells = [c.ljust(w) if j in text else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths))]
-        print("  ".join(cells).rstrip())
+    print(console_table(HEADER, table_lines(rows, backend), text_columns={0, 2, 3}))
 
 
 def network_totals(rows: list[Row]) -> dict[tuple[str, str], float]:
@@ -377,10 +370,7 @@ def markdown(sections: list[tuple[str, list[Row], dict]], env: dict, args) -> st
     ]
     for title, rows, ceilings in sections:
         out += [f"## {title}", "", "copy ceiling: " + ", ".join(f"{c} {g:.0f} GB/s" for c, g in ceilings.items()), ""]
-        lines = table_lines(rows, env["lsq_fast_backend"])
-        out.append("| " + " | ".join(HEADER) + " |")
-        out.append("|" + "|".join("---" for _ in HEADER) + "|")
-        out += ["| " + " | ".join(line) + " |" for line in lines]
+        out += markdown_table(HEADER, table_lines(rows, env["lsq_fast_backend"]))
         totals = network_totals(rows)
         if any(r.count > 1 for r in rows) and totals:
             out += ["", "Per network step (each tensor's time x its count):", ""]
@@ -504,11 +494,9 @@ def main(argv=None) -> int:
             "copy_ceiling": copy_by_dtype,
             "results": [asdict(r) for r in all_rows],
         }
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
+        write(args.json, json.dumps(out, indent=2) + "\n")
     if args.markdown:
-        Path(args.markdown).write_text(markdown(sections, env, args))
-        print(f"wrote {args.markdown}")
+        write(args.markdown, markdown(sections, env, args))
     return 0
 
 

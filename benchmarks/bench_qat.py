@@ -22,7 +22,6 @@ import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 import lsq_fast
 from env_info import environment, keep_freed_memory
 from peak_memory import peak_bytes
+from report import console_table, markdown_table, write
 from resnet18 import ResNet18
 from timing import interleaved_medians
 
@@ -127,9 +127,7 @@ def markdown(rows: list[QatRow], env: dict, args) -> str:
         f"commit {env['git_commit']}, {env['date']}",
         f"- command: `python benchmarks/bench_qat.py {' '.join(args.argv)}`",
         "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join("---" for _ in HEADER) + "|",
-        *("| " + " | ".join(line) + " |" for line in lines),
+        *markdown_table(HEADER, lines),
     ]
     ratio = overhead_ratio(rows)
     if ratio is not None:
@@ -138,10 +136,7 @@ def markdown(rows: list[QatRow], env: dict, args) -> str:
 
 
 def print_table(rows: list[QatRow]) -> None:
-    lines = table_lines(rows)
-    widths = [max(len(c) for c in col) for col in zip(HEADER, *lines)]
-    for line in [HEADER, tuple("-" * w for w in widths), *lines]:
-        print("  ".join(c.ljust(w) if j in (0, 2) else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths))).rstrip())
+    print(console_table(HEADER, table_lines(rows), text_columns={0, 2}))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -180,12 +175,11 @@ def main(argv=None) -> int:
     if ratio is not None:
         print(f"lsq_fast's QAT overhead is {100 * ratio:.0f}% of the reference quantizer's")
     if args.json:
-        Path(args.json).write_text(json.dumps({"environment": env, "args": vars(args) | {"json": None, "markdown": None},
-                                               "results": [asdict(r) for r in rows]}, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        arguments = {k: v for k, v in vars(args).items() if k not in ("json", "markdown")}
+        results = {"environment": env, "args": arguments, "results": [asdict(r) for r in rows]}
+        write(args.json, json.dumps(results, indent=2) + "\n")
     if args.markdown:
-        Path(args.markdown).write_text(markdown(rows, env, args))
-        print(f"wrote {args.markdown}")
+        write(args.markdown, markdown(rows, env, args))
     return 0
 
 

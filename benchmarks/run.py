@@ -25,6 +25,7 @@ import torch
 
 import bench_lsq
 import bench_qat
+import report
 
 # The targets of the benchmark issue, per device type: lsq_fast's fwd+bwd speed-up over each
 # peer on every ResNet-18 tensor, and its QAT overhead against the reference quantizer's.
@@ -82,14 +83,14 @@ def kernel_verdicts(rows: list[dict], device_type: str) -> list[str]:
 
 
 def qat_verdict(rows: list[dict], device_type: str) -> list[str]:
-    by = {r["variant"]: r for r in rows}
-    if "lsq_fast" not in by or by["lsq_fast"]["overhead_pct"] is None:
+    by = {r["variant"]: bench_qat.QatRow(**r) for r in rows}
+    if "lsq_fast" not in by or by["lsq_fast"].overhead_pct is None:
         return []
-    ours = by["lsq_fast"]["overhead_pct"]
+    ours = by["lsq_fast"].overhead_pct
     lines = [f"- QAT overhead over float: lsq_fast {ours:+.1f}%"
-             + (f", reference quantizer {by['reference']['overhead_pct']:+.1f}%" if "reference" in by else "")]
-    if "reference" in by and by["reference"]["overhead_pct"]:
-        ratio = ours / by["reference"]["overhead_pct"]
+             + (f", reference quantizer {by['reference'].overhead_pct:+.1f}%" if "reference" in by else "")]
+    ratio = bench_qat.overhead_ratio(list(by.values()))
+    if ratio is not None:
         lines.append(f"- lsq_fast's overhead is {100 * ratio:.0f}% of the reference's (target: at most 50%)"
                      + ("" if ratio <= 0.5 else " - NOT MET"))
     if device_type == "cuda":
@@ -149,9 +150,8 @@ def main(argv=None) -> int:
     if env:
         summary[1:1] = ["", f"{env['device_name']} ({env['device']}), torch {env['torch']}, triton {env['triton']}, "
                         f"commit {env['git_commit']}, {env['date']}", ""]
-    (out / "summary.md").write_text("\n".join(summary))
     print("\n" + "\n".join(summary))
-    print(f"wrote {out}/summary.md")
+    report.write(out / "summary.md", "\n".join(summary))
     return 0
 
 

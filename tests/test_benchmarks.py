@@ -1,0 +1,69 @@
+"""The benchmark code runs and its measurements mean what they say (tiny sizes, one round; no
+speed is asserted): the PNG is a PNG, peak memory counts what a fused fwd+bwd must hold, the
+kernel and training-step benchmarks write their JSON, the summary reads it."""
+
+import json
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import lsq_fast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import bench_lsq  # noqa: E402
+import bench_qat  # noqa: E402
+import run as bench_run  # noqa: E402
+from peak_memory import peak_bytes  # noqa: E402
+from png_chart import line_chart  # noqa: E402
+
+
+def test_chart_is_a_png():
+    data = line_chart({"a": [(4096, 1.0), (65536, 3.0)], "ceiling": [(4096, 5.0), (65536, 4.0)]},
+                      title="t", x_label="x", y_label="y", dashed=("ceiling",), width=300, height=200)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (300, 200)
+    idat_len = struct.unpack(">I", data[33:37])[0]
+    assert data[37:41] == b"IDAT"
+    assert len(zlib.decompress(data[41 : 41 + idat_len])) == height * (1 + 3 * width)
+
+
+def test_peak_memory_of_fused_and_reference_fwd_bwd():
+    x = torch.randn(1 << 16, requires_grad=True)
+    step = torch.tensor([0.1], requires_grad=True)
+    grad_y = torch.randn_like(x)
+
+    def fwd_bwd(fn):
+        return lambda: torch.autograd.grad(fn(x, step, 4), (x, step), grad_y)
+
+    fused = peak_bytes(fwd_bwd(lsq_fast.lsq_quantize), torch.device("cpu"))
+    ref = peak_bytes(fwd_bwd(lsq_fast.reference.lsq_quantize), torch.device("cpu"))
+    assert 2 * x.nbytes <= fused < 2 * x.nbytes + 4096  # y and grad_x, and the step's gradient
+    assert ref >= 4 * x.nbytes  # the chain of ops keeps several full-size intermediates
+
+
+def test_kernel_benchmark_writes_its_results(tmp_path):
+    out = tmp_path / "k.json"
+    bench_lsq.main(["--device", "cpu", "--suite", "main", "--cases", "weight", "--rounds", "1", "--modes", "fwd+bwd",
+                    "--providers", "lsq_fast", "reference", "--json", str(out), "--markdown", str(tmp_path / "k.md")])
+    result = json.loads(out.read_text())
+    assert result["environment"]["torch"] == torch.__version__
+    rows = {r["provider"]: r for r in result["results"]}
+    assert rows["lsq_fast"]["ms"] > 0 and rows["reference"]["speedup"] > 0
+    assert rows["lsq_fast"]["peak_mb"] == pytest.approx(2 * 512 * 256 * 9 * 4 / 2**20, rel=0.01)
+    assert "| weight |" in (tmp_path / "k.md").read_text()
+
+
+def test_training_step_benchmark_and_summary(tmp_path):
+    rows = bench_qat.run(torch.device("cpu"), batch=2, size=32, amp_dtype=None, rounds=1,
+                         variants=list(bench_qat.VARIANTS))
+    assert [r.variant for r in rows] == ["float", "lsq_fast", "reference"]
+    assert rows[0].overhead_pct is None and rows[1].overhead_pct is not None
+    assert all(r.peak_mb > 0 and r.images_per_s > 0 for r in rows)
+    lines = bench_run.qat_verdict([r.__dict__ for r in rows], "cpu")
+    assert lines[0].startswith("- QAT overhead over float: lsq_fast")
