@@ -62,7 +62,8 @@ def git_commit() -> Optional[str]:
         head = git("rev-parse", "--short", "HEAD")
         if head.returncode != 0:
             return None
-        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        # Measured results being rewritten (benchmarks/results/) do not make the code dirty.
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results").stdout.strip()
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
