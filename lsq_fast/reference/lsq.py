@@ -4,6 +4,8 @@ Written as the pseudocode of Esser et al. (ICLR 2020, appendix) writes it: `grad
 step, a `hardtanh` clip (strict at the clip points: no gradient at u == qmin or u == qmax),
 `roundpass` (round half to even, straight-through gradient), and a multiply. It computes in
 float32 whatever x's dtype (float64 for float64 x, for gradcheck) and returns x's dtype.
+
+round_grad="arctan" swaps roundpass for LG-LSQ's soft-round gradient (soft_round.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._args import STEP_FLOOR, check_args, check_grad_scale, check_step_values, default_grad_scale, numel_per_step
+from .._args import STEP_FLOOR, check_args, check_grad_scale, check_step_values, default_grad_scale, numel_per_step
+from .soft_round import arctan_roundpass, check_sharpness
 
 
 def gradscale(t: torch.Tensor, scale: float) -> torch.Tensor:
@@ -42,19 +45,46 @@ def lsq_quantize(
     signed: bool = True,
     channel_axis: int | None = None,
     grad_scale: float | None = None,
+    round_grad: str = "ste",
+    k: float = 5.0,
 ) -> torch.Tensor:
-    """Reference LSQ fake quantization; same contract as :func:`lsq_fast.lsq_quantize`."""
+    """Reference LSQ fake quantization; same contract as :func:`lsq_fast.lsq_quantize`.
+
+    round_grad: "ste" (the paper's straight-through round) or "arctan": LG-LSQ's arctangent soft
+    round of sharpness k in the backward pass only (grad_x and grad_step), as this project reads
+    the LG-LSQ abstract (see soft_round.py); the forward pass is the same.
+    """
     qmin, qmax, axis = check_args(x, step, bits, signed, channel_axis)
     g = check_grad_scale(grad_scale)
     if g is None:
         g = default_grad_scale(numel_per_step(x, axis), bits, signed)
+    round_pass = round_pass_for(round_grad, k)
     check_step_values(step)
 
-    math_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    s = gradscale(step.to(math_dtype).clamp_min(STEP_FLOOR), g)
-    if axis is None:
-        s = s.reshape(())
-    else:
-        s = s.reshape([-1 if d == axis else 1 for d in range(x.dim())])
+    math_dtype = math_type(x)
+    s = along(gradscale(step.to(math_dtype).clamp_min(STEP_FLOOR), g), x, axis)
     u = F.hardtanh(x.to(math_dtype) / s, float(qmin), float(qmax))
-    return (roundpass(u) * s).to(x.dtype)
+    return (round_pass(u) * s).to(x.dtype)
+
+
+def math_type(x: torch.Tensor) -> torch.dtype:
+    """float32 for every input dtype, float64 for float64 input (gradcheck)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def along(p: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """A per-tensor (one element) or per-channel parameter shaped to broadcast against x."""
+    return p.reshape(()) if axis is None else p.reshape([-1 if d == axis else 1 for d in range(x.dim())])
+
+
+ROUND_GRADS = ("ste", "arctan")
+
+
+def round_pass_for(round_grad: str, k: float):
+    """The round of the forward pass with the backward pass `round_grad` asks for."""
+    if round_grad == "ste":
+        return roundpass
+    if round_grad == "arctan":
+        k = check_sharpness(k)
+        return lambda u: arctan_roundpass(u, k)
+    raise ValueError(f"lsq_fast: round_grad must be one of {', '.join(ROUND_GRADS)}, got {round_grad!r}")
