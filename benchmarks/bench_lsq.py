@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import sys
 from dataclasses import asdict, dataclass
@@ -45,7 +44,7 @@ from env_info import environment, keep_freed_memory
 from peak_memory import peak_bytes
 from png_chart import line_chart
 from progress import Progress
-from report import console_table, markdown_table, write
+from report import console_table, markdown_table, write, write_json
 from timing import Timing, interleaved_medians
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -487,14 +486,8 @@ def main(argv=None) -> int:
                     print(f"wrote {path}")
 
     if args.json:
-        out = {
-            "environment": env,
-            "args": {k: v for k, v in vars(args).items() if k not in ("json", "markdown")},
-            "bytes_per_element_moved": ELEMENTS_MOVED,
-            "copy_ceiling": copy_by_dtype,
-            "results": [asdict(r) for r in all_rows],
-        }
-        write(args.json, json.dumps(out, indent=2) + "\n")
+        write_json(args.json, env, args, bytes_per_element_moved=ELEMENTS_MOVED, copy_ceiling=copy_by_dtype,
+                   results=[asdict(r) for r in all_rows])
     if args.markdown:
         write(args.markdown, markdown(sections, env, args))
     return 0

@@ -19,7 +19,6 @@ most tensor memory one step holds above what is live between steps (weights, mom
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 import lsq_fast
 from env_info import environment, keep_freed_memory
 from peak_memory import peak_bytes
-from report import console_table, markdown_table, write
+from report import console_table, markdown_table, write, write_json
 from resnet18 import ResNet18
 from timing import interleaved_medians
 
@@ -175,9 +174,7 @@ def main(argv=None) -> int:
     if ratio is not None:
         print(f"lsq_fast's QAT overhead is {100 * ratio:.0f}% of the reference quantizer's")
     if args.json:
-        arguments = {k: v for k, v in vars(args).items() if k not in ("json", "markdown")}
-        results = {"environment": env, "args": arguments, "results": [asdict(r) for r in rows]}
-        write(args.json, json.dumps(results, indent=2) + "\n")
+        write_json(args.json, env, args, results=[asdict(r) for r in rows])
     if args.markdown:
         write(args.markdown, markdown(rows, env, args))
     return 0

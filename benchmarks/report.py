@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -27,3 +29,9 @@ def markdown_table(header: Line, lines: Sequence[Line]) -> list[str]:
 def write(path: str | Path, text: str) -> None:
     Path(path).write_text(text)
     print(f"wrote {path}")
+
+
+def write_json(path: str | Path, environment: dict, args: argparse.Namespace, **fields) -> None:
+    """Results as JSON: where they were measured, the arguments (less the output paths), and fields."""
+    arguments = {k: v for k, v in vars(args).items() if k not in ("json", "markdown")}
+    write(path, json.dumps({"environment": environment, "args": arguments, **fields}, indent=2) + "\n")

@@ -129,8 +129,8 @@ def test_qil_guards_keep_gradients_finite():
 
 
 @pytest.mark.parametrize("make,match", [
-    (lambda: reference.qil_quantize_weight(torch.randn(3), *qil_params(), 1), r"2\.\.8 for QIL weights"),
-    (lambda: reference.qil_quantize_activation(torch.randn(3), *qil_params()[:2], 9), r"1\.\.8 for QIL activations"),
+    (lambda: reference.qil_quantize_weight(torch.randn(3), *qil_params(), 1), r"2\.\.8 for signed"),
+    (lambda: reference.qil_quantize_activation(torch.randn(3), *qil_params()[:2], 9), r"1\.\.8 for unsigned"),
     (lambda: reference.qil_quantize_activation(torch.randn(3), torch.ones(2), torch.ones(1), 4), "one element"),
 ])
 def test_qil_bad_arguments(make, match):

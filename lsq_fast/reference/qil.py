@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._args import FLOAT_DTYPES, STEP_FLOOR
+from .._args import FLOAT_DTYPES, STEP_FLOOR, qrange
 from .lsq import math_type, roundpass
 
 Z_FLOOR = STEP_FLOOR
@@ -28,13 +28,8 @@ Z_FLOOR = STEP_FLOOR
 
 def qil_levels(bits: int, signed: bool) -> int:
     """q: the positive levels of the grid, 2^(b-1) - 1 for weights (b in 2..8), 2^b - 1 for
-    activations (b in 1..8)."""
-    if isinstance(bits, bool) or not isinstance(bits, int):
-        raise TypeError(f"lsq_fast: bits must be an int, got {type(bits).__name__}")
-    lowest = 2 if signed else 1
-    if not lowest <= bits <= 8:
-        raise ValueError(f"lsq_fast: bits must be in {lowest}..8 for QIL {'weights' if signed else 'activations'}, got {bits}")
-    return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+    activations (b in 1..8): LSQ's qmax, with the same rule for valid bits."""
+    return qrange(bits, signed)[1]
 
 
 def _check(x: torch.Tensor, **params: torch.Tensor) -> None:
