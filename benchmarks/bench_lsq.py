@@ -1,22 +1,30 @@
-"""Kernel benchmark of LSQ fake quantization: lsq_fast against its peers.
+"""Kernel benchmark of LSQ fake quantization (and its relatives): lsq_fast against its peers.
 
     .venv/bin/python benchmarks/bench_lsq.py                      # what `make bench` runs
     .venv/bin/python benchmarks/bench_lsq.py --dtype float32 bfloat16 --rounds 10 --json out.json
     python benchmarks/bench_lsq.py --suite sizes resnet18 --dtype float32 bfloat16 --markdown out.md
+    .venv/bin/python benchmarks/bench_lsq.py --quantizer lsq lsq-arctan lsq+ qil --rounds 10
 
 Suites of tensors: benchmarks/cases.py (main, sizes 4K-64M, every ResNet-18 layer tensor).
+Quantizers (--quantizer, default lsq): benchmarks/quantizers.py: lsq, lsq-arctan (LG-LSQ's
+soft-round gradient), lsq+ (a learned offset), qil (a learned interval; per tensor only), each
+fused op against its own plain-PyTorch reference, on the same tensors.
 
-Providers (each a function f(x, step) -> y with the case's bits/signed/axis/grad scale baked in):
-  lsq_fast           lsq_fast.lsq_quantize, backend="auto" ("cpu" on CPU; on CUDA "cuda" or "triton"
-                     per lsq_fast/backend_table.json) or --backend; the base of every speed-up
-  lsq_fast:cuda      backend="cuda", the CUDA C++ kernels (CUDA builds of lsq_fast only)
+Providers (each a function f(x, *params) -> y, params the quantizer's learned tensors (LSQ: step),
+with the case's bits/signed/axis/grad scale baked in):
+  lsq_fast           the quantizer's lsq_fast op (LSQ: lsq_fast.lsq_quantize), backend="auto" ("cpu" on
+                     CPU; on CUDA "cuda" or "triton" per lsq_fast/backend_table.json) or --backend;
+                     the base of every speed-up (of the same quantizer and case)
+  lsq_fast:cuda      backend="cuda", the CUDA C++ kernels (CUDA builds of lsq_fast only; LSQ only:
+                     LSQ+ and QIL have none, the row is left out for them)
   lsq_fast:triton    backend="triton", the Triton kernels (CUDA tensors; with TRITON_INTERPRET=1, CPU)
-  reference          lsq_fast.reference.lsq_quantize, eager PyTorch
+  reference          the quantizer's lsq_fast.reference function, eager PyTorch
   reference+compile  torch.compile of the reference, compiled once per case and dtype
-  torch_learnable    torch._fake_quantize_learnable_per_{tensor,channel}_affine (float32 only)
+  torch_learnable    torch._fake_quantize_learnable_per_{tensor,channel}_affine (float32 only;
+                     for lsq and lsq+ only: its learned zero point plays LSQ+'s offset)
 
-Modes: "fwd" is f under torch.no_grad(); "bwd" is torch.autograd.grad to (x, step) of an output
-computed once beforehand (the graph retained); "fwd+bwd" is f then torch.autograd.grad.
+Modes: "fwd" is f under torch.no_grad(); "bwd" is torch.autograd.grad to (x, *params) of an
+output computed once beforehand (the graph retained); "fwd+bwd" is f then torch.autograd.grad.
 
 GB/s is the traffic the contract needs, whatever a provider really moves: the forward reads x
 and writes y (2 elements), the backward reads x and grad_y and writes grad_x (3 elements), so
@@ -29,6 +37,7 @@ fit in the last-level cache of many CPUs, so on those the ceiling is the cache's
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import math
 import sys
@@ -44,6 +53,7 @@ from env_info import environment, keep_freed_memory
 from peak_memory import peak_bytes
 from png_chart import line_chart
 from progress import Progress
+from quantizers import QUANTIZERS, QuantFn, Quantizer
 from report import console_table, markdown_table, write, write_json
 from timing import Timing, interleaved_medians
 
@@ -52,10 +62,9 @@ MODES = ("fwd", "bwd", "fwd+bwd")
 # Elements of x's size that each mode must read or write (see the module docstring).
 ELEMENTS_MOVED = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}
 
-QuantFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-# --- providers: each builder returns f(x, step), or None where the provider cannot run the case.
+# --- providers: each builder returns f(x, *params), or None where the provider cannot run the case.
 
 
 @dataclass(frozen=True)
@@ -64,63 +73,63 @@ class Options:
     compile_dynamic: bool = False  # compile the reference once for all shapes
 
 
-def build_lsq_fast(case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
-    kw = dict(signed=case.signed, channel_axis=case.channel_axis, grad_scale=inp.grad_scale, backend=opts.backend)
-    return lambda x, step: lsq_fast.lsq_quantize(x, step, case.bits, **kw)
+def build_lsq_fast(q: Quantizer, case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
+    call = q.call(case, inp.grad_scale)
+    fused, args, kw = call.fused, call.args, dict(call.kwargs, backend=opts.backend)
+    return lambda x, *params: fused(x, *params, *args, **kw)
 
 
-def build_lsq_fast_backend(backend: str) -> Callable[[Case, Inputs, Options], Optional[QuantFn]]:
+def build_lsq_fast_backend(backend: str) -> Callable[[Quantizer, Case, Inputs, Options], Optional[QuantFn]]:
     """A provider pinned to one fused backend: each GPU backend beside auto's choice."""
 
-    def build(case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
-        if backend not in lsq_fast.available_backends(inp.x.device):
+    def build(q: Quantizer, case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
+        if not backend_applies(backend, q, inp.x.device):
             return None
-        return build_lsq_fast(case, inp, Options(backend=backend, compile_dynamic=opts.compile_dynamic))
+        return build_lsq_fast(q, case, inp, dataclasses.replace(opts, backend=backend))
 
     return build
 
 
-def build_reference(case: Case, inp: Inputs, opts: Options = Options()) -> Optional[QuantFn]:
-    kw = dict(signed=case.signed, channel_axis=case.channel_axis, grad_scale=inp.grad_scale)
-    return lambda x, step: lsq_fast.reference.lsq_quantize(x, step, case.bits, **kw)
+def backend_applies(backend: str, q: Quantizer, device: torch.device) -> bool:
+    """Whether lsq_fast can run quantizer q on `device` with `backend` (LSQ+ and QIL have no CUDA C++ kernels)."""
+    return backend in lsq_fast.available_backends(device) and (backend != "cuda" or q.cuda_kernels)
 
 
-def build_reference_compiled(case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
+def build_reference(q: Quantizer, case: Case, inp: Inputs, opts: Options = Options()) -> Optional[QuantFn]:
+    call = q.call(case, inp.grad_scale)
+    return _bind(call.reference, call.args, call.kwargs)
+
+
+def _bind(fn, args: tuple, kw: dict) -> QuantFn:
+    return lambda x, *params: fn(x, *params, *args, **kw)
+
+
+def build_reference_compiled(q: Quantizer, case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
     # Dynamo caches compiled graphs per code object, so graphs of earlier cases would count
     # against its recompile limit and a second shape would turn on dynamic shapes: start each
     # case from an empty cache and compile for static shapes. Compilation happens in the warm-up.
     # With --compile-dynamic, one graph with symbolic shapes serves every case (many cases, a
     # lease's minutes), compiled on first use.
+    call = q.call(case, inp.grad_scale)
     if opts.compile_dynamic:
-        compiled = _dynamic_reference()
+        compiled = _dynamic_reference(call.reference)
     else:
         torch._dynamo.reset()
-        compiled = torch.compile(lsq_fast.reference.lsq_quantize, dynamic=False)
-    kw = dict(signed=case.signed, channel_axis=case.channel_axis, grad_scale=inp.grad_scale)
-    return lambda x, step: compiled(x, step, case.bits, **kw)
+        compiled = torch.compile(call.reference, dynamic=False)
+    return _bind(compiled, call.args, call.kwargs)
 
 
-_DYNAMIC_REFERENCE = []
+_DYNAMIC_REFERENCE: dict[Callable, Callable] = {}
 
 
-def _dynamic_reference():
-    if not _DYNAMIC_REFERENCE:
-        _DYNAMIC_REFERENCE.append(torch.compile(lsq_fast.reference.lsq_quantize, dynamic=True))
-    return _DYNAMIC_REFERENCE[0]
+def _dynamic_reference(fn: Callable) -> Callable:
+    if fn not in _DYNAMIC_REFERENCE:
+        _DYNAMIC_REFERENCE[fn] = torch.compile(fn, dynamic=True)
+    return _DYNAMIC_REFERENCE[fn]
 
 
-def build_torch_learnable(case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
-    if inp.x.dtype != torch.float32:  # PyTorch's learnable fake-quant ops take float32 only
-        return None
-    qmin, qmax = lsq_fast.qrange(case.bits, case.signed)
-    g = inp.grad_scale  # grad_factor plays LSQ's grad scale
-    zero_point = torch.zeros_like(inp.step)  # float32 zeros, not learned: LSQ has no offset
-    if case.channel_axis is None:
-        return lambda x, step: torch._fake_quantize_learnable_per_tensor_affine(x, step, zero_point, qmin, qmax, g)
-    axis = case.channel_axis
-    return lambda x, step: torch._fake_quantize_learnable_per_channel_affine(
-        x, step, zero_point, axis, qmin, qmax, g
-    )
+def build_torch_learnable(q: Quantizer, case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
+    return q.torch_learnable(case, inp) if q.torch_learnable is not None else None
 
 
 PROVIDERS = {
@@ -133,6 +142,15 @@ PROVIDERS = {
 }
 
 
+def applies(provider: str, q: Quantizer, device: torch.device) -> bool:
+    """Whether a provider exists for quantizer q on `device`: pinned lsq_fast backends the device
+    (or the quantizer) lacks, and torch_learnable for quantizers it does not compute, are left
+    out rather than reported as rows of "n/a"."""
+    if provider.startswith("lsq_fast:"):
+        return backend_applies(provider.split(":", 1)[1], q, device)
+    return provider != "torch_learnable" or q.torch_learnable is not None
+
+
 def rotation(inp: Inputs, device: torch.device) -> list[Inputs]:
     """Input sets that the timed calls cycle through. On a GPU a tensor that fits in L2 would
     be timed from the cache if every call reused it, so there the sets are copies whose total
@@ -142,7 +160,7 @@ def rotation(inp: Inputs, device: torch.device) -> list[Inputs]:
     l2 = torch.cuda.get_device_properties(device).L2_cache_size
     count = min(64, max(1, math.ceil(2 * l2 / (2 * inp.x.nbytes))))
     copies = [
-        Inputs(inp.x.detach().clone().requires_grad_(), inp.step, inp.grad_y.clone(), inp.grad_scale)
+        dataclasses.replace(inp, x=inp.x.detach().clone().requires_grad_(), grad_y=inp.grad_y.clone())
         for _ in range(count - 1)
     ]
     return [inp, *copies]
@@ -157,20 +175,20 @@ def make_thunk(fn: QuantFn, mode: str, sets: list[Inputs]) -> Callable[[], objec
         def run():
             inp = next(turn)
             with torch.no_grad():
-                return fn(inp.x, inp.step)
+                return fn(inp.x, *inp.params)
 
     elif mode == "bwd":
-        outputs = itertools.cycle([(fn(inp.x, inp.step), inp) for inp in sets])
+        outputs = itertools.cycle([(fn(inp.x, *inp.params), inp) for inp in sets])
 
         def run():
             y, inp = next(outputs)
-            return torch.autograd.grad(y, (inp.x, inp.step), inp.grad_y, retain_graph=True)
+            return torch.autograd.grad(y, (inp.x, *inp.params), inp.grad_y, retain_graph=True)
 
     else:
 
         def run():
             inp = next(turn)
-            return torch.autograd.grad(fn(inp.x, inp.step), (inp.x, inp.step), inp.grad_y)
+            return torch.autograd.grad(fn(inp.x, *inp.params), (inp.x, *inp.params), inp.grad_y)
 
     return run
 
@@ -178,9 +196,10 @@ def make_thunk(fn: QuantFn, mode: str, sets: list[Inputs]) -> Callable[[], objec
 def mismatch_fraction(fn: QuantFn, inp: Inputs, expected: torch.Tensor) -> float:
     """Share of forward outputs that differ from the reference: a guard against timing a
     provider that computes something else. Rounding ties may legitimately differ for
-    torch_learnable, which multiplies by 1/scale instead of dividing."""
+    torch_learnable, which multiplies by 1/scale instead of dividing (and, for lsq+, rounds
+    the zero point to an integer)."""
     with torch.no_grad():
-        y = fn(inp.x, inp.step)
+        y = fn(inp.x, *inp.params)
     return (y != expected).float().mean().item()
 
 
@@ -205,6 +224,7 @@ class Row:
     other_cpu: Optional[float] = None  # CPU share other processes took during these rounds
     peak_mb: Optional[float] = None  # fwd+bwd only: the most tensor memory one call holds
     suite: str = ""
+    quantizer: str = "lsq"  # benchmarks/quantizers.py
 
 
 def copy_ceiling(sets: list[Inputs], rounds: int) -> tuple[float, Optional[float]]:
@@ -223,35 +243,39 @@ def copy_ceiling(sets: list[Inputs], rounds: int) -> tuple[float, Optional[float
 
 
 def runnable_providers(
-    case: Case, inp: Inputs, providers: list[str], opts: Options
+    q: Quantizer, case: Case, inp: Inputs, providers: list[str], opts: Options
 ) -> tuple[dict[str, QuantFn], dict[str, float]]:
     """The providers that can run the case, each with its share of outputs differing from the
     reference. A provider whose first call fails (say torch.compile without a working compiler)
     is reported and left out rather than ending the benchmark."""
     with torch.no_grad():
-        expected = build_reference(case, inp)(inp.x, inp.step)
+        expected = build_reference(q, case, inp)(inp.x, *inp.params)
     fns, mismatch = {}, {}
     for name in providers:
-        fn = PROVIDERS[name](case, inp, opts)
+        fn = PROVIDERS[name](q, case, inp, opts)
         if fn is None:
             continue
         try:
             mismatch[name] = mismatch_fraction(fn, inp, expected)
         except Exception as e:  # noqa: BLE001 - any failure means "cannot run here"
-            print(f"note: {name} skipped for {case.name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            print(f"note: {name} skipped for {q.name} {case.name}: {type(e).__name__}: "
+                  f"{str(e).splitlines()[0][:200]}")
             continue
         fns[name] = fn
     return fns, mismatch
 
 
 def bench_case(case: Case, dtype_name: str, providers: list[str], device: torch.device, rounds: int,
-               opts: Options, modes: list[str]):
+               opts: Options, modes: list[str], quantizer: str = "lsq",
+               copy: Optional[tuple[float, Optional[float]]] = None):
     """Rows of every provider in every mode, plus the copy ceiling (GB/s, other processes' CPU
-    share) of x's size."""
-    inp = make_inputs(case, DTYPES[dtype_name], device)
+    share) of x's size: measured, or `copy` where the caller measured it already (for another
+    quantizer of the same tensor)."""
+    q = QUANTIZERS[quantizer]
+    inp = make_inputs(case, DTYPES[dtype_name], device, params=q.params)
     sets = rotation(inp, device)
-    copy_gbps, copy_other_cpu = copy_ceiling(sets, rounds)
-    runnable, mismatch = runnable_providers(case, inp, providers, opts)
+    copy_gbps, copy_other_cpu = copy if copy is not None else copy_ceiling(sets, rounds)
+    runnable, mismatch = runnable_providers(q, case, inp, providers, opts)
 
     rows = []
     for mode in modes:
@@ -262,7 +286,8 @@ def bench_case(case: Case, dtype_name: str, providers: list[str], device: torch.
         peaks = {name: peak_bytes(make_thunk(fn, mode, [inp]), device) for name, fn in runnable.items()} \
             if mode == "fwd+bwd" else {}
         for name in providers:
-            row = Row(dtype_name, case.name, mode, name, case.numel, case.count, mismatch=mismatch.get(name))
+            row = Row(dtype_name, case.name, mode, name, case.numel, case.count, mismatch=mismatch.get(name),
+                      quantizer=quantizer)
             fill_row(row, timings.get(name), base, bytes_moved, copy_gbps)
             if name in peaks:
                 row.peak_mb = peaks[name] / 2**20
@@ -301,7 +326,8 @@ def fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
 
-HEADER = ("case", "elements", "mode", "provider", "ms", "±IQR", "GB/s", "% of copy", "lsq_fast speed-up", "peak MB")
+HEADER = ("quantizer", "case", "elements", "mode", "provider", "ms", "±IQR", "GB/s", "% of copy", "lsq_fast speed-up",
+          "peak MB")
 
 
 def table_lines(rows: list[Row], backend: str) -> list[tuple[str, ...]]:
@@ -312,6 +338,7 @@ def table_lines(rows: list[Row], backend: str) -> list[tuple[str, ...]]:
             provider += f" (!{100 * r.mismatch:.2g}% differ)"
         lines.append(
             (
+                r.quantizer,
                 r.case,
                 f"{r.numel:,}",
                 r.mode,
@@ -328,7 +355,7 @@ def table_lines(rows: list[Row], backend: str) -> list[tuple[str, ...]]:
 
 
 def print_table(rows: list[Row], backend: str) -> None:
-    print(console_table(HEADER, table_lines(rows, backend), text_columns={0, 2, 3}))
+    print(console_table(HEADER, table_lines(rows, backend), text_columns={0, 1, 3, 4}))
 
 
 def network_totals(rows: list[Row]) -> dict[tuple[str, str], float]:
@@ -342,7 +369,7 @@ def network_totals(rows: list[Row]) -> dict[tuple[str, str], float]:
     return totals
 
 
-def size_chart(rows: list[Row], ceilings: dict[str, float], mode: str, where: str) -> bytes:
+def size_chart(rows: list[Row], ceilings: dict[str, float], mode: str, where: str, quantizer: str = "lsq") -> bytes:
     """PNG: GB/s against elements, a line per provider and the copy ceiling (dashed)."""
     series: dict[str, list[tuple[float, float]]] = {}
     numel = {r.case: r.numel for r in rows}
@@ -351,7 +378,8 @@ def size_chart(rows: list[Row], ceilings: dict[str, float], mode: str, where: st
             series.setdefault(r.provider, []).append((r.numel, r.gbps))
     series["copy ceiling"] = [(numel[case], gbps) for case, gbps in ceilings.items()]
     label = lambda n: f"{int(n) >> 20}M" if n >= 1 << 20 else f"{int(n) >> 10}K"  # noqa: E731
-    return line_chart(series, title=f"LSQ {mode}: {where}", x_label="elements (per-tensor activation)",
+    return line_chart(series, title=f"{QUANTIZERS[quantizer].title} {mode}: {where}",
+                      x_label="elements (per-tensor activation)",
                       y_label="GB/s (contract bytes)", x_tick_label=label, dashed=("copy ceiling",))
 
 
@@ -361,7 +389,8 @@ def markdown(sections: list[tuple[str, list[Row], dict]], env: dict, args) -> st
         "",
         f"- device: {env['device_name']} ({env['device']}); torch {env['torch']}; triton {env['triton']}; "
         f"CUDA {env['cuda']}; lsq_fast backend `{env['lsq_fast_backend']}`",
-        f"- commit {env['git_commit']}, {env['date']}; rounds {args.rounds}",
+        f"- commit {env['git_commit']}, {env['date']}; rounds {args.rounds}; quantizers {', '.join(args.quantizer)} "
+        "(benchmarks/quantizers.py; each against its own reference, speed-ups against lsq_fast's op for it)",
         f"- command: `python benchmarks/bench_lsq.py {' '.join(args.argv)}`",
         "- GB/s counts the contract's bytes (fwd 2, bwd 3, fwd+bwd 5 elements of x's size); "
         "% of copy is against a measured same-size device copy (one read, one write per element).",
@@ -391,6 +420,8 @@ def parse_size(text: str) -> int:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", nargs="+", choices=list(SUITES), default=["main"])
+    p.add_argument("--quantizer", nargs="+", choices=list(QUANTIZERS), default=["lsq"],
+                   help="quantizers to time, each with its fused op and its references (benchmarks/quantizers.py)")
     p.add_argument("--cases", nargs="+", help="only these cases of the suites (names as printed)")
     p.add_argument("--batch", type=int, default=32, help="batch of the resnet18 suite's activations")
     p.add_argument("--max-size", type=parse_size, help="leave out tensors with more elements (e.g. 16M)")
@@ -438,25 +469,33 @@ def main(argv=None) -> int:
     opts = Options(backend=args.backend, compile_dynamic=args.compile_dynamic)
     # Without duplicates, lsq_fast (the baseline of the speed-ups) first.
     providers = sorted(dict.fromkeys(args.providers), key=lambda name: name != "lsq_fast")
-    # Pinned lsq_fast backends this device does not have are not rows of "n/a": leave them out.
-    available = lsq_fast.available_backends(device)
-    providers = [p for p in providers if not p.startswith("lsq_fast:") or p.split(":")[1] in available]
+    quantizers = list(dict.fromkeys(args.quantizer))
 
     all_rows, copy_by_dtype, sections = [], {}, []
+    measured_copy = {}  # (case, dtype) -> copy ceiling: one measurement serves every quantizer
     plan = {
         suite: [c for c in suite_cases(suite, batch=args.batch, max_numel=args.max_size)
                 if not args.cases or c.name in args.cases]
         for suite in args.suite
     }
-    progress = Progress(sum(len(cases) for cases in plan.values()) * len(args.dtype))
+    for suite in [suite for suite, cases in plan.items() if not cases]:
+        print(f"note: no tensor of the {suite} suite is left by --cases and --max-size")
+        del plan[suite]
+    progress = Progress(sum(len(cases) for cases in plan.values()) * len(args.dtype) * len(quantizers))
     for suite, cases in plan.items():
-        for dtype_name in args.dtype:
+        for quantizer, dtype_name in itertools.product(quantizers, args.dtype):
+            # Providers that do not exist for this quantizer here (a pinned backend the device or
+            # the quantizer lacks, torch_learnable beside QIL) are not rows of "n/a": left out.
+            q_providers = [p for p in providers if applies(p, QUANTIZERS[quantizer], device)]
             ceilings, copy_other_cpu, rows = {}, {}, []
             for case in cases:
-                progress.show(f"{suite} {dtype_name} {case.name}")
+                progress.show(f"{suite} {quantizer} {dtype_name} {case.name}")
+                key = (case.name, case.shape, dtype_name)
                 case_rows, ceilings[case.name], copy_other_cpu[case.name] = bench_case(
-                    case, dtype_name, providers, device, args.rounds, opts, args.modes
+                    case, dtype_name, q_providers, device, args.rounds, opts, args.modes, quantizer,
+                    copy=measured_copy.get(key),
                 )
+                measured_copy[key] = ceilings[case.name], copy_other_cpu[case.name]
                 for row in case_rows:
                     row.suite = suite
                 rows += case_rows
@@ -467,8 +506,8 @@ def main(argv=None) -> int:
             )
             copy_text = ", ".join(f"{name} {gbps:.1f} GB/s" for name, gbps in ceilings.items())
             print(
-                f"\n[{suite}] {env['device_name']} ({env['device']}) | dtype {dtype_name} | threads {env['threads']} | "
-                f"ISA {env['cpu_isa']} | torch {env['torch']} | rounds {args.rounds} | "
+                f"\n[{suite}] {env['device_name']} ({env['device']}) | quantizer {quantizer} | dtype {dtype_name} | "
+                f"threads {env['threads']} | ISA {env['cpu_isa']} | torch {env['torch']} | rounds {args.rounds} | "
                 f"keep-freed-memory {'on' if env['keep_freed_memory'] else 'off'} | copy ceiling: {copy_text}"
             )
             print_table(rows, env["lsq_fast_backend"])
@@ -477,12 +516,15 @@ def main(argv=None) -> int:
             for line in contention_warnings(rows, copy_other_cpu):
                 print(line)
             sys.stdout.flush()
-            sections.append((f"{suite}, {dtype_name}", rows, ceilings))
+            sections.append((f"{suite}, {dtype_name}, {quantizer}", rows, ceilings))
             all_rows += rows
             if args.plot and suite == "sizes":
                 for mode in args.modes:
-                    path = f"{args.plot}-{dtype_name}-{mode}.png"
-                    Path(path).write_bytes(size_chart(rows, ceilings, mode, f"{dtype_name}, {env['device_name']}"))
+                    # LSQ's charts keep their names; the others' carry the quantizer's.
+                    name = "" if quantizer == "lsq" else quantizer.replace("+", "-plus") + "-"
+                    path = f"{args.plot}-{name}{dtype_name}-{mode}.png"
+                    chart = size_chart(rows, ceilings, mode, f"{dtype_name}, {env['device_name']}", quantizer)
+                    Path(path).write_bytes(chart)
                     print(f"wrote {path}")
 
     if args.json:

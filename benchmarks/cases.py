@@ -6,12 +6,15 @@
               each conv and of the fc layer (per-tensor; unsigned after a ReLU, signed 8-bit for
               the image) and each weight (per output channel; 8-bit for the first and last
               layer, as in the LSQ paper). `count` says how often the tensor occurs per step.
+
+make_inputs draws a case's tensors; what the quantizer learns (LSQ's step by default; LSQ+'s
+and QIL's parameters in benchmarks/quantizers.py) comes from a parameter maker.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -27,6 +30,7 @@ class Case:
     channel_axis: Optional[int]
     relu: bool  # activations after a ReLU are non-negative: the unsigned grid's use
     count: int = 1  # occurrences per network step (resnet18 suite)
+    role: str = "activation"  # or "weight": which of a quantizer's two forms applies (QIL's, LSQ+'s grid)
 
     @property
     def numel(self) -> int:
@@ -41,7 +45,7 @@ def _act(name, shape, count=1, bits=4, relu=True):
 
 
 def _weight(name, shape, count=1, bits=4):
-    return Case(name, shape, bits=bits, signed=True, channel_axis=0, relu=False, count=count)
+    return Case(name, shape, bits=bits, signed=True, channel_axis=0, relu=False, count=count, role="weight")
 
 
 def _size_label(n: int) -> str:
@@ -99,32 +103,46 @@ def suite_cases(name: str, *, batch: int = 32, max_numel: Optional[int] = None) 
 @dataclass
 class Inputs:
     x: torch.Tensor  # requires grad
-    step: torch.Tensor  # float32, requires grad
+    params: tuple[torch.Tensor, ...]  # the quantizer's learned parameters (LSQ: (step,)), float32, require grad
     grad_y: torch.Tensor
-    grad_scale: float
+    grad_scale: Optional[float]  # LSQ's gradient scale g of the parameters; None where the quantizer has none
 
 
-def make_inputs(case: Case, dtype: torch.dtype, device: torch.device, seed: int = 0) -> Inputs:
-    """Random x, a realistic step (LSQ's init 2*mean|x|/sqrt(qmax), per channel where the case
-    has channels) and a random upstream gradient. Drawn in float32 on the CPU, so every device
-    and dtype sees the same numbers."""
+# (case, x as drawn: float32 on the CPU) -> (parameter values, float32 on the CPU; grad scale)
+ParamsMaker = Callable[[Case, torch.Tensor], tuple[tuple[torch.Tensor, ...], Optional[float]]]
+
+
+def per_step(case: Case, x: torch.Tensor, stat: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """stat (torch.mean, torch.amin, ...) of x over what one parameter value covers: the whole
+    tensor (shape (1,)), or each channel along the case's channel axis."""
+    if case.channel_axis is None:
+        return stat(x).reshape(1)
+    return stat(x, dim=[d for d in range(x.dim()) if d != case.channel_axis])
+
+
+def lsq_params(case: Case, x: torch.Tensor, signed: Optional[bool] = None):
+    """LSQ's step, its paper's init 2*mean|x|/sqrt(qmax) (per channel where the case has
+    channels), and LSQ's grad scale 1/sqrt(N * qmax) for the case's grid (or `signed`'s)."""
+    signed = case.signed if signed is None else signed
+    _, qmax = lsq_fast.qrange(case.bits, signed)
+    step = 2 * per_step(case, x.abs(), torch.mean) / qmax**0.5
+    return (step,), lsq_fast.default_grad_scale(x.numel() // step.numel(), case.bits, signed)
+
+
+def make_inputs(case: Case, dtype: torch.dtype, device: torch.device, seed: int = 0,
+                params: ParamsMaker = lsq_params) -> Inputs:
+    """Random x (non-negative after a ReLU), the quantizer's parameters from `params` (LSQ's
+    step by default) and a random upstream gradient. Drawn in float32 on the CPU, so every
+    device, dtype and quantizer sees the same numbers."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(case.shape, generator=gen)
     if case.relu:
         x = x.relu()
-    _, qmax = lsq_fast.qrange(case.bits, case.signed)
-    if case.channel_axis is None:
-        step = x.abs().mean().reshape(1)
-        per_step = x.numel()
-    else:
-        reduce_dims = [d for d in range(x.dim()) if d != case.channel_axis]
-        step = x.abs().mean(dim=reduce_dims)
-        per_step = x.numel() // x.shape[case.channel_axis]
-    step = 2 * step / qmax**0.5
+    values, grad_scale = params(case, x)
     grad_y = torch.randn(case.shape, generator=gen)
     return Inputs(
         x=x.to(device=device, dtype=dtype).requires_grad_(),
-        step=step.to(device).requires_grad_(),
+        params=tuple(v.to(device=device, dtype=torch.float32).requires_grad_() for v in values),
         grad_y=grad_y.to(device=device, dtype=dtype),
-        grad_scale=lsq_fast.default_grad_scale(per_step, case.bits, case.signed),
+        grad_scale=grad_scale,
     )

@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_run.sh sanitize  # compute-sanitizer memcheck + racecheck over a short run
 #   bash benchmarks/gpu_run.sh sizes     # install if needed, main + sizes suites (~8 min)
 #   bash benchmarks/gpu_run.sh resnet18  # install if needed, ResNet-18 suite     (~8 min)
+#   bash benchmarks/gpu_run.sh family    # install if needed, main suite for LSQ's relatives (lsq-arctan, lsq+, qil)
 #   bash benchmarks/gpu_run.sh qat       # ResNet-18 training step, batch 256 bf16: float, lsq_fast, reference
 #   bash benchmarks/gpu_run.sh pick      # cuda vs triton per key: $OUT/backend_table.json for "auto"
 #   bash benchmarks/gpu_run.sh tune      # tile/warp candidates per size class (benchmarks/tune_triton.py)
@@ -77,9 +78,10 @@ case "$stage" in
     sizes) bench sizes --suite main sizes --plot "$OUT/sizes" ;;
     qat) "$PY" benchmarks/bench_qat.py --device cuda --json "$OUT/qat.json" --markdown "$OUT/qat.md" 2>&1 | tee "$OUT/qat.log" ;;
     resnet18) bench resnet18 --suite resnet18 --compile-dynamic ;;
+    family) bench family --suite main --quantizer lsq lsq-arctan lsq+ qil ;;
     sanitize) sanitize ;;
     pick) "$PY" benchmarks/pick_backends.py --out "$OUT/backend_table.json" 2>&1 | tee "$OUT/pick.log" ;;
     tune) "$PY" benchmarks/tune_triton.py --json "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" ;;
     all) run_tests; bench sizes --suite main sizes --plot "$OUT/sizes"; bench resnet18 --suite resnet18 --compile-dynamic ;;
-    *) echo "unknown stage $stage (test, sanitize, sizes, resnet18, qat, pick, tune, all)"; exit 2 ;;
+    *) echo "unknown stage $stage (test, sanitize, sizes, resnet18, family, qat, pick, tune, all)"; exit 2 ;;
 esac

@@ -5,11 +5,15 @@
     .venv/bin/python benchmarks/run.py --dtype float32 bfloat16 --providers lsq_fast reference --max-size 1M
 
 Runs benchmarks/bench_lsq.py on the ResNet-18 tensors and the size sweep, then
-benchmarks/bench_qat.py, and writes to --out (default benchmarks/results/local/):
+benchmarks/bench_qat.py, then bench_lsq.py's main suite for LSQ's relatives, and writes to
+--out (default benchmarks/results/local/):
   kernels.json, kernels.md     every kernel row (time, GB/s, % of copy, speed-ups, peak memory)
   kernels-stock-alloc.*        CPU: lsq_fast and the eager reference again, with glibc's allocator as it comes
   sizes-<dtype>-<mode>.png     GB/s against size per provider, with the measured copy ceiling
   qat.json, qat.md             the ResNet-18 training step: float, lsq_fast, reference quantizer
+  family.json, family.md       the main suite's two tensors (activation, weight), float32, for
+                               lsq-arctan, lsq+ and qil (benchmarks/quantizers.py): each fused op
+                               against its own references (no targets)
   summary.md                   the headline numbers against the project's targets
 """
 
@@ -26,6 +30,9 @@ import torch
 import bench_lsq
 import bench_qat
 import report
+
+# LSQ's relatives that `make bench` also times, on the main suite in float32 (family.*).
+FAMILY = ["lsq-arctan", "lsq+", "qil"]
 
 # The targets of the benchmark issue, per device type: lsq_fast's fwd+bwd speed-up over each
 # peer on every ResNet-18 tensor, and its QAT overhead against the reference quantizer's.
@@ -49,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--qat-rounds", type=int, help="training-step timing rounds (default: 5 on CPU, 20 on GPU)")
     p.add_argument("--skip-kernels", action="store_true")
     p.add_argument("--skip-qat", action="store_true")
+    p.add_argument("--skip-family", action="store_true", help=f"leave out the main suite for {', '.join(FAMILY)}")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "local")
     args = p.parse_args(argv)
     if args.gpu and not torch.cuda.is_available():
@@ -63,13 +71,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def kernel_verdicts(rows: list[dict], device_type: str) -> list[str]:
-    """One line per target: the smallest fwd+bwd speed-up over the ResNet-18 tensors."""
+    """One line per target: the smallest fwd+bwd speed-up over the ResNet-18 tensors (LSQ's)."""
     lines = []
     for peer, target in KERNEL_TARGETS[device_type].items():
         speedups = {
             (r["dtype"], r["case"]): r["speedup"]
             for r in rows
             if r["suite"] == "resnet18" and r["mode"] == "fwd+bwd" and r["provider"] == peer and r["speedup"] is not None
+            and r.get("quantizer", "lsq") == "lsq"
         }
         if not speedups:
             continue
@@ -79,6 +88,25 @@ def kernel_verdicts(rows: list[dict], device_type: str) -> list[str]:
             f"- fwd+bwd vs {peer}: target {target}x on every ResNet-18 tensor; met on {met}/{len(speedups)}; "
             f"smallest {worst:.2f}x ({case}, {dtype}){'' if met == len(speedups) else ' - NOT MET'}"
         )
+    return lines
+
+
+def family_lines(rows: list[dict]) -> list[str]:
+    """One line per quantizer: lsq_fast's fwd+bwd time per tensor and each peer's time as a
+    multiple of it (facts, no targets)."""
+    lines = []
+    for quantizer in dict.fromkeys(r["quantizer"] for r in rows):
+        mine = [r for r in rows if r["quantizer"] == quantizer and r["mode"] == "fwd+bwd" and r["ms"] is not None]
+        if not mine:
+            continue
+        parts = []
+        for case in dict.fromkeys(r["case"] for r in mine):
+            by = {r["provider"]: r for r in mine if r["case"] == case}
+            if "lsq_fast" not in by:
+                continue
+            peers = ", ".join(f"{p} {r['speedup']:.2f}x" for p, r in by.items() if r["speedup"] is not None)
+            parts.append(f"{case} {by['lsq_fast']['ms']:.3f} ms" + (f" ({peers})" if peers else ""))
+        lines.append(f"- {quantizer}, fwd+bwd, lsq_fast: " + "; ".join(parts))
     return lines
 
 
@@ -102,7 +130,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out
-    stale = (["kernels*", "sizes-*.png"] if not args.skip_kernels else []) + (["qat.*"] if not args.skip_qat else [])
+    run_family = not args.skip_kernels and not args.skip_family
+    stale = ((["kernels*", "sizes-*.png"] if not args.skip_kernels else []) + (["qat.*"] if not args.skip_qat else [])
+             + (["family.*"] if run_family else []))
     for pattern in stale:  # a part that runs replaces all it wrote last time
         for path in out.glob(pattern):
             path.unlink()
@@ -127,6 +157,12 @@ def main(argv=None) -> int:
     if not args.skip_qat:
         rounds = ["--rounds", str(args.qat_rounds)] if args.qat_rounds else []
         bench_qat.main(["--device", args.device, *rounds, "--json", str(out / "qat.json"), "--markdown", str(out / "qat.md")])
+    if run_family:
+        bench_lsq.main([
+            "--device", args.device, "--suite", "main", "--quantizer", *FAMILY, "--max-size", str(args.max_size),
+            "--dtype", "float32", "--providers", *args.providers, "--modes", *args.modes, "--rounds", str(args.rounds),
+            "--json", str(out / "family.json"), "--markdown", str(out / "family.md"),
+        ])
 
     summary = ["# lsq_fast benchmark summary", ""]
     env = None
@@ -147,6 +183,12 @@ def main(argv=None) -> int:
         verdicts = qat_verdict(qat["results"], args.device)
         summary += ["## End to end (ResNet-18 training step)", "", *verdicts, "",
                     (out / "qat.md").read_text(), ""]
+    family = json.loads((out / "family.json").read_text()) if run_family and (out / "family.json").exists() else None
+    if family and family["results"]:  # none where --max-size leaves out the main suite's tensors
+        env = env or family["environment"]
+        summary += [f"## LSQ's relatives ({', '.join(FAMILY)}; main suite, float32)", "",
+                    "Each provider's time as a multiple of lsq_fast's for the same quantizer and tensor "
+                    "(no targets):", "", *family_lines(family["results"]), "", "Tables: [family.md](family.md)", ""]
     if env:
         summary[1:1] = ["", f"{env['device_name']} ({env['device']}), torch {env['torch']}, triton {env['triton']}, "
                         f"commit {env['git_commit']}, {env['date']}", ""]

@@ -38,6 +38,41 @@ std::optional<int64_t> check_lsq_args(const at::Tensor& x, const at::Tensor& ste
   return axis;
 }
 
+void check_offset(const at::Tensor& offset, const at::Tensor& step) {
+  TORCH_CHECK_VALUE(offset.sizes() == step.sizes() && offset.scalar_type() == step.scalar_type() &&
+                        offset.device() == step.device(),
+                    "lsq_fast: offset must match step in shape, dtype and device, got offset ", offset.sizes(), " ",
+                    offset.scalar_type(), " on ", offset.device(), " and step ", step.sizes(), " ",
+                    step.scalar_type(), " on ", step.device());
+}
+
+void check_qil_args(const at::Tensor& x, const at::Tensor& center, const at::Tensor& distance,
+                    const std::optional<at::Tensor>& gamma, int64_t levels, bool weight) {
+  TORCH_CHECK_TYPE(is_supported_dtype(x.scalar_type()),
+                   "lsq_fast: x must be a float32, float16, bfloat16 or float64 tensor, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(levels >= 1, "lsq_fast: QIL needs levels >= 1, got ", levels);
+  TORCH_CHECK_VALUE(weight || !gamma.has_value(),
+                    "lsq_fast: QIL's exponent gamma is for weights only; activations use gamma = 1");
+  const auto check = [&x](const at::Tensor& p, const char* name) {
+    TORCH_CHECK_VALUE(p.numel() == 1, "lsq_fast: QIL's ", name, " must be a tensor with one element (one per layer)");
+    TORCH_CHECK_TYPE(p.scalar_type() == at::kFloat || (p.scalar_type() == at::kDouble && x.scalar_type() == at::kDouble),
+                     "lsq_fast: QIL's ", name, " must be float32 (float64 allowed only with float64 x), got ",
+                     p.scalar_type());
+    TORCH_CHECK_VALUE(p.device() == x.device(), "lsq_fast: QIL's ", name, " is on ", p.device(), " but x is on ",
+                      x.device());
+  };
+  check(center, "center");
+  check(distance, "distance");
+  if (gamma.has_value()) check(*gamma, "gamma");
+}
+
+double checked_soft_round_scale(std::optional<double> k) {
+  if (!k.has_value()) return 0.0;
+  TORCH_CHECK_VALUE(std::isfinite(*k) && *k > 0,
+                    "lsq_fast: the soft round's sharpness k (soft_round_k) must be a positive finite float, got ", *k);
+  return soft_round_scale(*k);
+}
+
 void check_grad_like(const at::Tensor& grad_y, const at::Tensor& x) {
   TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "lsq_fast: grad_y has shape ", grad_y.sizes(),
                     " but x has shape ", x.sizes());

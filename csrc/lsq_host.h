@@ -15,6 +15,18 @@ namespace lsq_fast {
 std::optional<int64_t> check_lsq_args(const at::Tensor& x, const at::Tensor& step, int64_t qmin,
                                       int64_t qmax, std::optional<int64_t> channel_axis);
 
+// LSQ+'s offset must match step: same sizes, dtype and device.
+void check_offset(const at::Tensor& offset, const at::Tensor& step);
+
+// QIL: x a float tensor, levels >= 1, center/distance (and gamma, weights only) one-element
+// float32 tensors (float64 with float64 x) on x's device.
+void check_qil_args(const at::Tensor& x, const at::Tensor& center, const at::Tensor& distance,
+                    const std::optional<at::Tensor>& gamma, int64_t levels, bool weight);
+
+// soft_round_scale(k) (lsq_layout.h) of a k checked to be positive and finite; nullopt (the
+// straight-through round) gives 0.
+double checked_soft_round_scale(std::optional<double> k);
+
 // grad_y must match x: same sizes, dtype and device.
 void check_grad_like(const at::Tensor& grad_y, const at::Tensor& x);
 

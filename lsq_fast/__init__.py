@@ -10,12 +10,21 @@ from ._ops import cpu_isa
 from .backends import available_backends
 from .layers import QuantConv2d, QuantLinear
 from .lsq import lsq_quantize
+from .lsq_plus import lsq_plus_quantize
+from .qil import qil_quantize_activation, qil_quantize_weight
 from .convert import QuantizationSummary, quantize_model
 from .quantizer import LSQQuantizer
+from .lsq_plus_quantizer import LSQPlusQuantizer
+from .qil_quantizer import QILQuantizer
 
 __all__ = [
     "lsq_quantize",
+    "lsq_plus_quantize",
+    "qil_quantize_weight",
+    "qil_quantize_activation",
     "LSQQuantizer",
+    "LSQPlusQuantizer",
+    "QILQuantizer",
     "QuantConv2d",
     "QuantLinear",
     "quantize_model",

@@ -106,6 +106,38 @@ def check_step_values(step: torch.Tensor) -> None:
         raise ValueError(f"lsq_fast: step must be positive and finite, got {step.detach().flatten().tolist()[:8]}")
 
 
+def check_offset(offset: torch.Tensor, step: torch.Tensor) -> None:
+    """LSQ+'s offset: one value per step, like it in shape, dtype and device."""
+    if not isinstance(offset, torch.Tensor):
+        raise TypeError("lsq_fast: offset must be a tensor")
+    if offset.shape != step.shape or offset.dtype != step.dtype or offset.device != step.device:
+        raise ValueError(
+            f"lsq_fast: offset must match step in shape, dtype and device, got offset {list(offset.shape)} "
+            f"{offset.dtype} on {offset.device} and step {list(step.shape)} {step.dtype} on {step.device}"
+        )
+
+
+def check_qil_args(x: torch.Tensor, levels: int, weight: bool, **params: torch.Tensor | None) -> None:
+    """QIL's checks: x a float tensor; each interval parameter (center, distance, and gamma for
+    weights; None where absent) a one-element float32 tensor (float64 with float64 x) on x's
+    device; levels >= 1. The Python twin of check_qil_args in csrc/lsq_host.cpp."""
+    if not isinstance(x, torch.Tensor) or x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"lsq_fast: x must be a float32, float16, bfloat16 or float64 tensor, got {getattr(x, 'dtype', x)!r}")
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"lsq_fast: QIL needs levels >= 1, got {levels!r}")
+    if not weight and params.get("gamma") is not None:
+        raise ValueError("lsq_fast: QIL's exponent gamma is for weights only; activations use gamma = 1")
+    for name, p in params.items():
+        if p is None:
+            continue
+        if not isinstance(p, torch.Tensor) or p.numel() != 1:
+            raise ValueError(f"lsq_fast: QIL's {name} must be a tensor with one element (one per layer)")
+        if not (p.dtype == torch.float32 or (p.dtype == torch.float64 and x.dtype == torch.float64)):
+            raise TypeError(f"lsq_fast: QIL's {name} must be float32 (float64 allowed only with float64 x), got {p.dtype}")
+        if p.device != x.device:
+            raise ValueError(f"lsq_fast: QIL's {name} is on {p.device} but x is on {x.device}")
+
+
 def numel_per_step(x: torch.Tensor, channel_axis: int | None) -> int:
     if channel_axis is None:
         return x.numel()

@@ -26,13 +26,35 @@ ops = torch.ops.lsq_fast
 
 
 @torch.library.register_fake("lsq_fast::lsq_forward")
-def _lsq_forward_fake(x, step, qmin, qmax, channel_axis, grad_scale=None):
+def _lsq_forward_fake(x, step, qmin, qmax, channel_axis, grad_scale=None, soft_round_k=None):
     return torch.empty_like(x)
 
 
 @torch.library.register_fake("lsq_fast::lsq_backward")
-def _lsq_backward_fake(grad_y, x, step, qmin, qmax, channel_axis, grad_scale):
+def _lsq_backward_fake(grad_y, x, step, qmin, qmax, channel_axis, grad_scale, soft_round_k=None):
     return torch.empty_like(x), step.new_empty(step.shape)
+
+
+@torch.library.register_fake("lsq_fast::lsq_plus_forward")
+def _lsq_plus_forward_fake(x, step, offset, qmin, qmax, channel_axis, grad_scale=None):
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("lsq_fast::lsq_plus_backward")
+def _lsq_plus_backward_fake(grad_y, x, step, offset, qmin, qmax, channel_axis, grad_scale):
+    return torch.empty_like(x), step.new_empty(step.shape), offset.new_empty(offset.shape)
+
+
+@torch.library.register_fake("lsq_fast::qil_forward")
+def _qil_forward_fake(x, center, distance, gamma, levels, weight):
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("lsq_fast::qil_backward")
+def _qil_backward_fake(grad_y, x, center, distance, gamma, levels, weight):
+    # grad_gamma is zeros shaped like center when there is no gamma (activations)
+    return torch.empty_like(x), center.new_empty(center.shape), distance.new_empty(distance.shape), \
+        center.new_empty(center.shape if gamma is None else gamma.shape)
 
 
 # Autograd is registered in C++ (csrc/lsq_autograd.cpp): the Python wrapper of

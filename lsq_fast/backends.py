@@ -49,12 +49,15 @@ def available_backends(device: torch.device | str) -> tuple[str, ...]:
     return _fused(torch.device(device).type) + ("reference",)
 
 
-def resolve_backend(backend: str, x: torch.Tensor, channel_axis: int | None = None) -> str:
-    """The backend that runs x: `backend` itself when x's device has it, or auto's choice."""
+def resolve_backend(backend: str, x: torch.Tensor, channel_axis: int | None = None, *, cuda_kernels: bool = True) -> str:
+    """The backend that runs x: `backend` itself when x's device has it, or auto's choice.
+    cuda_kernels=False: the op has no CUDA C++ kernels (on CUDA tensors only Triton runs it)."""
     if backend not in BACKENDS:
         raise ValueError(f"lsq_fast: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     device = x.device
     available = available_backends(device)
+    if not cuda_kernels:
+        available = tuple(name for name in available if name != "cuda")
     if backend == "auto":
         if "cuda" in available and "triton" in available:
             from .backend_table import choose
@@ -64,22 +67,47 @@ def resolve_backend(backend: str, x: torch.Tensor, channel_axis: int | None = No
     if backend not in available:
         raise ValueError(
             f"lsq_fast: backend {backend!r} is not available for tensors on {device} "
-            f"(available there: {', '.join(available)})"
+            f"(available there{'' if cuda_kernels else ' for this op'}: {', '.join(available)})"
         )
     return backend
 
 
-def lsq_ops(backend: str):
-    """(forward, backward) ops of a fused backend, e.g. torch.ops.lsq_fast.lsq_forward_triton.
-    The Triton ops are registered when first asked for, so that importing lsq_fast needs no Triton.
-    "cpu" and "cuda" are the same ops, lsq_fast::lsq_forward / lsq_backward: the dispatcher
-    sends each call to the kernels of its tensors' device."""
+# The ops of each quantizer: (forward, backward) names in torch.ops.lsq_fast; their Triton twins
+# carry a _triton suffix.
+_OPS = {
+    "lsq": ("lsq_forward", "lsq_backward"),
+    "lsq_plus": ("lsq_plus_forward", "lsq_plus_backward"),
+    "qil": ("qil_forward", "qil_backward"),
+}
+
+
+def _register_triton(quantizer: str) -> None:
+    """Imports the lsq_fast._triton module that registers a quantizer's Triton ops. Plain import
+    statements, which torch.compile traces (it refuses importlib)."""
+    if quantizer == "lsq":
+        from ._triton import lsq  # noqa: F401
+    elif quantizer == "lsq_plus":
+        from ._triton import lsq_plus  # noqa: F401
+    else:
+        from ._triton import qil  # noqa: F401
+
+
+def quantizer_ops(quantizer: str, backend: str):
+    """(forward, backward) ops of a quantizer ("lsq", "lsq_plus", "qil") on a fused backend,
+    e.g. torch.ops.lsq_fast.lsq_forward_triton. The Triton ops are registered when first asked
+    for, so that importing lsq_fast needs no Triton. "cpu" and "cuda" are the same ops (e.g.
+    lsq_fast::lsq_forward): the dispatcher sends each call to the kernels of its tensors' device."""
     from ._ops import ops
 
+    forward, backward = _OPS[quantizer]
     if backend == "triton":
-        from ._triton import lsq  # noqa: F401  (registers lsq_fast::lsq_{forward,backward}_triton)
-
-        return ops.lsq_forward_triton, ops.lsq_backward_triton
+        _register_triton(quantizer)
+        return getattr(ops, forward + "_triton"), getattr(ops, backward + "_triton")
     if backend in ("cpu", "cuda"):
-        return ops.lsq_forward, ops.lsq_backward
+        return getattr(ops, forward), getattr(ops, backward)
     raise ValueError(f"lsq_fast: {backend!r} is not a fused backend")
+
+
+def lsq_ops(backend: str):
+    """(forward, backward) of LSQ on a fused backend: quantizer_ops("lsq", backend)."""
+    return quantizer_ops("lsq", backend)

@@ -1,4 +1,5 @@
-"""quantize_model: one call that turns a float model into an LSQ model, as the paper trains it."""
+"""quantize_model: one call that turns a float model into an LSQ model, as the paper trains it
+(or an LSQ+ or QIL model)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Iterable
 
 from torch import nn
 
-from .layers import QuantConv2d, QuantizedLayer, QuantLinear
+from .layers import QuantConv2d, QuantizedLayer, QuantLinear, check_method
 
 # Exact types only: a subclass of Conv2d or Linear may have its own forward (or, like
 # MultiheadAttention's out_proj, be read by its parent through .weight), which a swap would lose.
@@ -22,13 +23,30 @@ class LayerSummary:
     act_bits: int | None
     per_channel_weights: bool
     note: str = ""
+    method: str | None = "lsq"  # "lsq", "lsq+" or "qil"; None for a skipped layer
+
+
+# What each method puts on a layer, for the summary's last line.
+_METHOD_TEXT = {
+    "lsq": "LSQ, a learned step, on weights and inputs",
+    "lsq+": "weights: LSQ with LSQ+'s 3-sigma init, no offset; inputs: LSQ+, a learned step and offset",
+    "qil": "QIL, a learned interval, on weights and inputs; the layers see weights in [-1, 1], inputs in [0, 1]",
+}
 
 
 @dataclass(frozen=True)
 class QuantizationSummary:
-    """What quantize_model did, one row per Conv2d/Linear; prints as a table."""
+    """What quantize_model did, one row per Conv2d/Linear; prints as a table, then a line that
+    says the method (and, for LSQ with LG-LSQ's soft round, the round's gradient)."""
 
     layers: tuple[LayerSummary, ...]
+    round_grad: str = "ste"
+    k: float = 5.0
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods of the quantized layers, in order of first appearance (one, from quantize_model)."""
+        return tuple(dict.fromkeys(layer.method for layer in self.layers if layer.method is not None))
 
     def __iter__(self):
         return iter(self.layers)
@@ -51,6 +69,11 @@ class QuantizationSummary:
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths).rstrip())
+        for method in self.methods:
+            line = f"method: {method} ({_METHOD_TEXT.get(method, method)})"
+            if method == "lsq" and self.round_grad != "ste":
+                line += f"; round gradient: {self.round_grad} soft round (k={self.k:g}, LG-LSQ)"
+            lines.append(line)
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -66,6 +89,9 @@ def quantize_model(
     *,
     act_signed: bool | str = "auto",
     backend: str = "auto",
+    method: str = "lsq",
+    round_grad: str = "ste",
+    k: float = 5.0,
 ) -> QuantizationSummary:
     """Replaces, in place, every nn.Conv2d and nn.Linear of `model` by QuantConv2d/QuantLinear.
 
@@ -74,11 +100,29 @@ def quantize_model(
     the same bits as the rest. Layers named in `skip` (their names in named_modules) stay
     float. Input activations use `act_signed` ("auto": signed when the first batch has a
     negative value, as a normalised image does). Weights and biases are kept (the same
-    Parameters); the new step sizes are Parameters to add to the optimizer.
+    Parameters); the quantizers' new parameters (step sizes, offsets, intervals) are
+    Parameters to add to the optimizer.
+
+    `method` picks the quantizers (see :class:`lsq_fast.layers.QuantizedLayer`):
+
+    - "lsq" (the default): LSQQuantizer on weights and inputs; `round_grad` ("ste" or
+      "arctan") and `k` choose the round's gradient (LG-LSQ's arctangent soft round, as
+      :func:`lsq_fast.lsq_quantize` documents it).
+    - "lsq+": weights by LSQQuantizer with LSQ+'s 3-sigma initialisation (symmetric, no
+      offset), inputs by LSQPlusQuantizer (min/max initialisation, learned offset; the
+      unsigned grid unless act_signed is True, the offset taking care of negative inputs).
+    - "qil": QILQuantizer on weights and inputs, per-tensor only. Its outputs are in
+      normalised units (weights in [-1, 1], inputs in [0, 1]), and an input's negative values
+      are quantized to 0: the first layer's normalised image loses its negative part (it
+      warns when it initialises; keep that layer float with `skip`, or use another method).
+
+    per_channel_weights=True with method "qil", act_signed=True with "qil", and round_grad
+    other than "ste" with a method other than "lsq" are ValueErrors.
 
     Returns the summary of what it did (it prints as a table). A model that already holds
     quantized layers is an error: quantizing twice would quantize a quantized weight.
     """
+    check_method(method, per_channel_weights, act_signed, round_grad, k)
     if type(model) in _QUANTIZED_TYPE:
         raise ValueError(
             f"lsq_fast: quantize_model replaces the layers inside a model; for a lone {type(model).__name__} "
@@ -106,7 +150,7 @@ def quantize_model(
         layer = model.get_submodule(name)
         kind = type(layer).__name__
         if name in skip:
-            rows.append(LayerSummary(name, kind, None, None, False, "skipped"))
+            rows.append(LayerSummary(name, kind, None, None, False, "skipped", None))
             continue
         w_bits, a_bits = weight_bits, act_bits
         if name in edges:  # activations stay float where the caller asked for weights only
@@ -118,8 +162,11 @@ def quantize_model(
             per_channel_weights=per_channel_weights,
             act_signed=act_signed,
             backend=backend,
+            method=method,
+            round_grad=round_grad,
+            k=k,
         )
-        rows.append(LayerSummary(name, kind, w_bits, a_bits, per_channel_weights, edges.get(name, "")))
+        rows.append(LayerSummary(name, kind, w_bits, a_bits, per_channel_weights, edges.get(name, ""), method))
 
     # Every place a layer appears: a module shared by two parents is replaced in both.
     places = [
@@ -130,7 +177,7 @@ def quantize_model(
     ]
     for parent, child_name, replacement in places:
         setattr(parent, child_name, replacement)
-    return QuantizationSummary(tuple(rows))
+    return QuantizationSummary(tuple(rows), round_grad, float(k))
 
 
 def _bits(bits: int | None) -> str:

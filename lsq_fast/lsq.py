@@ -7,6 +7,7 @@ import torch
 from . import reference
 from ._args import check_args, check_grad_scale
 from .backends import lsq_ops, resolve_backend
+from .reference.soft_round import soft_round_sharpness
 
 
 def lsq_quantize(
@@ -17,6 +18,8 @@ def lsq_quantize(
     signed: bool = True,
     channel_axis: int | None = None,
     grad_scale: float | None = None,
+    round_grad: str = "ste",
+    k: float = 5.0,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Fake-quantize x with a learned step: ``step * round(clip(x / step, qmin, qmax))``.
@@ -33,6 +36,16 @@ def lsq_quantize(
         channel_axis: None for one step, else the axis (negative allowed) the steps run along.
         grad_scale: multiplier of the step gradient; None means LSQ's 1/sqrt(N * qmax) with N the
             elements per step; 1.0 turns scaling off.
+        round_grad: the derivative the backward pass gives round(): "ste" (LSQ's straight-through
+            1) or "arctan", the slope of an arctangent soft round of sharpness ``k``:
+            ``k / (2 atan(k/2) (1 + k^2 (frac(u) - 1/2)^2))``, in grad_x and in the step
+            gradient (``round(u) - u * slope`` inside the clip range). The forward pass keeps the
+            hard round. This is the project's reading of LG-LSQ's abstract (arXiv 2202.09009:
+            an arctangent soft round replacing the straight-through estimator in the backward
+            pass), not a transcription of the paper's equations, which it does not have; see
+            :mod:`lsq_fast.reference.soft_round`.
+        k: the soft round's sharpness (> 0; used with round_grad="arctan"): large k approaches
+            round()'s spikes, small k the straight-through estimator.
         backend: "auto" (the fastest for x's device: "cpu" on CPU tensors; on CUDA tensors
             "cuda" or "triton", whichever lsq_fast/backend_table.json measured faster for this
             layout, dtype and size on this GPU architecture, "triton" where nothing was measured),
@@ -45,8 +58,14 @@ def lsq_quantize(
     """
     qmin, qmax, axis = check_args(x, step, bits, signed, channel_axis)
     g = check_grad_scale(grad_scale)
+    soft_round_k = soft_round_sharpness(round_grad, k)
     backend = resolve_backend(backend, x, axis)
     if backend == "reference":
-        return reference.lsq_quantize(x, step, bits, signed=signed, channel_axis=axis, grad_scale=g)
+        return reference.lsq_quantize(
+            x, step, bits, signed=signed, channel_axis=axis, grad_scale=g, round_grad=round_grad, k=k
+        )
     forward, _ = lsq_ops(backend)
-    return forward(x, step, qmin, qmax, axis, g)
+    if soft_round_k is None:  # the op's STE schema default: no extra argument for the common case
+        return forward(x, step, qmin, qmax, axis, g)
+    return forward(x, step, qmin, qmax, axis, g, soft_round_k)
+

@@ -2,7 +2,8 @@
 GPU and no CUDA torch needed (the kernels include no torch header), and reports per kernel what
 the compiler says and the PTX shows: registers, stack frame and spills (ptxas -v), 16-byte or
 8-byte loads and stores, IEEE divisions (div.rn) against approximate ones, round-to-nearest-even
-conversions (cvt.rni). The flags are setup.py's, with torch's own nvcc flags.
+conversions (cvt.rni), floors (cvt.rmi: the soft-round backward's). The flags are setup.py's,
+with torch's own nvcc flags.
 
     python tests/cuda_codegen.py                 # a JSON list, one object per (sm, kernel)
     python tests/cuda_codegen.py --markdown F    # also a Markdown table (benchmarks/results/)
@@ -85,6 +86,7 @@ def ptx_counts(ptx: str) -> dict[str, dict]:
             ieee_divides=len(re.findall(r"div\.rn\.f(?:32|64)", body)),
             approximate_divides=len(re.findall(r"div\.(?:approx|full)\.", body)),
             nearest_even_rounds=len(re.findall(r"cvt\.rni\.f(?:32|64)\.f(?:32|64)", body)),
+            floors=len(re.findall(r"cvt\.rmi\.f(?:32|64)\.f(?:32|64)", body)),
         )
     return counts
 
@@ -117,7 +119,7 @@ def compile_all() -> list[dict]:
 
 
 COLUMNS = ["sm", "kernel", "registers", "stack_frame", "spill_stores", "spill_loads", "wide_loads", "wide_stores",
-           "ieee_divides", "approximate_divides", "nearest_even_rounds"]
+           "ieee_divides", "approximate_divides", "nearest_even_rounds", "floors"]
 
 
 def markdown(rows: list[dict]) -> str:

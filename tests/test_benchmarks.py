@@ -56,7 +56,42 @@ def test_kernel_benchmark_writes_its_results(tmp_path):
     rows = {r["provider"]: r for r in result["results"]}
     assert rows["lsq_fast"]["ms"] > 0 and rows["reference"]["speedup"] > 0
     assert rows["lsq_fast"]["peak_mb"] == pytest.approx(2 * 512 * 256 * 9 * 4 / 2**20, rel=0.01)
-    assert "| weight |" in (tmp_path / "k.md").read_text()
+    assert rows["lsq_fast"]["quantizer"] == "lsq"  # the default
+    assert "| lsq | weight |" in (tmp_path / "k.md").read_text()
+
+
+def test_kernel_benchmark_times_lsqs_relatives(tmp_path):
+    """lsq-arctan, lsq+ and qil through the benchmark's code path on two tiny tensors (an
+    activation and a per-channel weight), every mode: the fused op agrees with its reference,
+    torch_learnable is a peer of lsq+ only, the results name the quantizer."""
+    out, md = tmp_path / "f.json", tmp_path / "f.md"
+    bench_lsq.main(["--device", "cpu", "--suite", "resnet18", "--batch", "1", "--cases", "fc.in", "layer2.down.w",
+                    "--quantizer", "lsq-arctan", "lsq+", "qil", "--rounds", "1",
+                    "--providers", "lsq_fast", "lsq_fast:cuda", "reference", "torch_learnable",
+                    "--json", str(out), "--markdown", str(md)])
+    results = json.loads(out.read_text())["results"]
+    providers = {}
+    for r in results:
+        providers.setdefault(r["quantizer"], set()).add(r["provider"])
+        assert r["ms"] > 0, r
+        if r["provider"] == "lsq_fast":
+            assert r["mismatch"] == 0, r
+        else:
+            assert r["speedup"] > 0, r
+    # No CUDA C++ kernels for lsq+ and qil, no CUDA here: lsq_fast:cuda is left out, not n/a.
+    assert providers == {"lsq-arctan": {"lsq_fast", "reference"}, "lsq+": {"lsq_fast", "reference", "torch_learnable"},
+                         "qil": {"lsq_fast", "reference"}}
+    assert {(r["quantizer"], r["case"], r["mode"]) for r in results} == {
+        (q, c, m) for q in providers for c in ("fc.in", "layer2.down.w") for m in bench_lsq.MODES
+    }
+    fused = {(r["quantizer"], r["case"]): r for r in results if r["mode"] == "fwd+bwd" and r["provider"] == "lsq_fast"}
+    assert fused[("qil", "layer2.down.w")]["peak_mb"] >= 2 * 128 * 64 * 4 / 2**20  # y and grad_w at least
+    text = md.read_text()
+    for q in providers:
+        assert f"## resnet18, float32, {q}" in text and f"| {q} | layer2.down.w |" in text
+    lines = bench_run.family_lines(results)
+    assert [line.split(",")[0] for line in lines] == ["- lsq-arctan", "- lsq+", "- qil"]
+    assert "torch_learnable" in lines[1] and "reference" in lines[2]
 
 
 def test_training_step_benchmark_and_summary(tmp_path):

@@ -1,5 +1,7 @@
 """The CUDA kernels as a GPU would run them, checked without one: every source in csrc/cuda
 compiled by the machine's nvcc for sm_80 and sm_90 with setup.py's flags (tests/cuda_codegen.py).
+Every instantiation is checked: forward, straight-through backward and the arctan soft-round
+backward (LG-LSQ, spec section 4), each in every element type, pack width and kernel kind.
 No kernel may spill or keep a stack frame (local memory); the float math must be IEEE division
 and round-to-nearest-even; the wide kernels must move 16-byte (or 8-byte) packs. The torch
 binding, built only where torch has CUDA, is compiled here with -fsyntax-only against the CPU
@@ -30,12 +32,42 @@ def kernels():
     return cuda_codegen.compile_all()
 
 
+def _template_args(kernel: str) -> list[str]:
+    return [a.strip() for a in kernel.split("<", 1)[1].rstrip(">").split(",")]
+
+
+def _variant(kernel: str) -> str:
+    """'forward', 'ste' or 'soft_round' for the elementwise kernels (rows: <T, VEC, backward,
+    per_row, soft_round>, cols: <T, VEC, backward, soft_round>), 'partials' for the combine."""
+    if kernel.startswith("lsq_sum_partials_kernel"):
+        return "partials"
+    args = _template_args(kernel)
+    if args[2] == "false":
+        assert args[-1] == "false", kernel  # the forward keeps the hard round
+        return "forward"
+    return "soft_round" if args[-1] == "true" else "ste"
+
+
 def test_every_kernel_compiles_for_ampere_and_hopper(kernels):
     names = {(k["sm"], k["kernel"].split("<")[0]) for k in kernels}
     for sm in (80, 90):
         assert {(sm, "lsq_rows_kernel"), (sm, "lsq_cols_kernel"), (sm, "lsq_sum_partials_kernel")} <= names
     for dtype in ("float", "__half", "__nv_bfloat16", "double"):
-        assert sum(dtype + "," in k["kernel"] for k in kernels) == 2 * 2 * 2 * 3, dtype  # sm x pack x direction x kind
+        for variant in ("forward", "ste", "soft_round"):
+            found = [k for k in kernels
+                     if _template_args(k["kernel"])[0] == dtype and _variant(k["kernel"]) == variant]
+            assert len(found) == 2 * 2 * 3, (dtype, variant)  # sm x pack x kind (cols, rows per tensor, rows per row)
+
+
+def test_soft_round_only_in_its_own_instantiations(kernels):
+    """The soft round's slope (a floor, cvt.rmi, and a second IEEE division per element) is
+    in the soft-round backward kernels, and nowhere else: the straight-through path is its own
+    instantiation, compiled as before."""
+    for k in kernels:
+        if _variant(k["kernel"]) == "soft_round":
+            assert k["floors"] > 0 and k["ieee_divides"] >= 2 * k["floors"], k
+        else:
+            assert k.get("floors", 0) == 0, k
 
 
 def test_no_spills_and_no_stack_frame(kernels):

@@ -280,7 +280,7 @@ def test_quantized_cnn_trains(seed):
     images, labels = toy_task()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     losses, initial_steps = [], None
-    for i in range(25):
+    for i in range(40):  # 25 steps leave a few seeds in 100 short of the 0.7 below
         optimizer.zero_grad()
         loss = F.cross_entropy(model(images), labels)
         loss.backward()

@@ -52,3 +52,42 @@ def test_matches_torch_learnable_fake_quant(impl, seed, bits, signed, channel_ax
     assert torch.equal(y1, y2)
     assert torch.equal(gx1, gx2)
     torch.testing.assert_close(gs1, gs2.reshape(gs1.shape), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("channel_axis", [None, 1])
+def test_lsq_plus_matches_torch_learnable_zero_point(impl, seed, bits, channel_axis):
+    """LSQ+ with offset = -zero_point * step is PyTorch's op with a learned zero point: the same
+    forward, and the same gradients once the offset's dependence on the step is added (torch's
+    offset moves with the scale): d/dscale = dy/ds - zp dy/doffset, d/dzp = -step dy/doffset.
+    torch rounds x / scale before adding the zero point, we after subtracting the offset: at a
+    tie the two agree only for an even zero point (half to even keeps its parity), so it is even."""
+    if impl.backend == "cuda":
+        pytest.skip("LSQ+ has no CUDA C++ kernels (Triton serves CUDA tensors)")
+    qmin, qmax = lsq_fast.qrange(bits, False)
+    shape = (5, 6, 9)
+    channels = 1 if channel_axis is None else shape[channel_axis]
+    step = make_step(channels, power_of_two=True)
+    zero_point = 2 * torch.randint(0, (qmax + 1) // 2, (channels,)).float()  # even integers (see above)
+    offset = -zero_point * step  # exact: a small integer times a power of two
+    view = (lambda t: t.reshape(())) if channel_axis is None else (lambda t: t.reshape(1, -1, 1))
+    x = inputs_outside_disputed_bands(shape, step, qmin, qmax, channel_axis) + view(offset)
+    x, step, offset, zero_point = (impl.put(t) for t in (x, step, offset, zero_point))
+    grad_y = impl.put(torch.randn(shape))
+    g = 0.37
+
+    x1, s1, b1 = x.clone().requires_grad_(), step.clone().requires_grad_(), offset.clone().requires_grad_()
+    y1 = lsq_fast.lsq_plus_quantize(x1, s1, b1, bits, channel_axis=channel_axis, grad_scale=g, backend=impl.backend)
+    gx1, gs1, gb1 = torch.autograd.grad(y1, (x1, s1, b1), grad_y)
+
+    x2, s2, z2 = x.clone().requires_grad_(), step.clone().requires_grad_(), zero_point.clone().requires_grad_()
+    if channel_axis is None:
+        y2 = torch._fake_quantize_learnable_per_tensor_affine(x2, s2, z2, qmin, qmax, g)
+    else:
+        y2 = torch._fake_quantize_learnable_per_channel_affine(x2, s2, z2, channel_axis, qmin, qmax, g)
+    gx2, gs2, gz2 = torch.autograd.grad(y2, (x2, s2, z2), grad_y)
+
+    assert torch.equal(y1, y2)
+    assert torch.equal(gx1, gx2)
+    torch.testing.assert_close(gs1 - zero_point * gb1, gs2.reshape(gs1.shape), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(-step * gb1, gz2.reshape(gb1.shape), rtol=1e-4, atol=1e-5)

@@ -1,4 +1,6 @@
-// The LSQ CPU kernels, written once over at::vec::Vectorized.
+// The CPU kernels of the LSQ family (LSQ, LSQ+, QIL), written once over at::vec::Vectorized:
+// one walk over memory per pass, with each quantizer's arithmetic a small policy (Lsq,
+// LsqPlus, Qil) that the walk calls per vector.
 //
 // Included by exactly one isa_*.cpp per instruction set, which selects its target and
 // defines CPU_CAPABILITY (at::vec's namespace) and LSQ_FAST_ISA (ours) first, so that the
@@ -10,11 +12,11 @@
 // (per item and channel), and they are combined in item order. So grad_step has the same
 // bits run to run and for any number of threads.
 //  - Segment mode (per-tensor, or channel runs of kMinSegment+ elements, e.g. weights on
-//    axis 0 or NCHW activations on axis 1): a run of `inner` elements shares one step,
-//    broadcast into a vector; long runs are split into blocks.
+//    axis 0 or NCHW activations on axis 1): a run of `inner` elements shares its parameters
+//    (step, offset, ...), broadcast into vectors; long runs are split into blocks.
 //  - Pattern mode (short runs, e.g. channels_last activations on axis 1, where the channel
 //    is the fastest-moving index): a row of channels*inner elements is walked against a
-//    precomputed pattern of its steps, and the step gradient is accumulated per column.
+//    precomputed pattern of its parameters, and the gradient terms are accumulated per column.
 //
 // Accumulation: float32 vector lanes, each summing at most kFoldSteps terms before they are
 // folded, lane by lane, into float64; partials and channel sums are float64.
@@ -29,6 +31,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -78,45 +81,181 @@ struct Io {
   }
 };
 
-// The contract's arithmetic on one vector (shared/spec/quantizers.md, section 1). IEEE
-// division, round half to even, and masks written so that NaN behaves as in the reference
-// (a NaN input is "inside": it passes its gradient and quantizes to NaN).
+// ---- the quantizers' arithmetic on one vector ------------------------------------------------
+//
+// A policy holds a call's constants and computes, for vectors of x (and grad_y) and of the
+// element's parameters p[0..kParams), the forward value, or grad_x and the kTerms gradient
+// terms. prepare() turns the raw parameters of one channel into the ones the vectors carry
+// (steps clamped to the floor, QIL's interval turned into a line). Every operation the forward's
+// bits depend on is one IEEE operation in the reference's order (setup.py compiles with
+// -ffp-contract=off: no FMA contraction). Masks are written so that NaN behaves as in the
+// reference: a NaN input is "inside", passes its gradient and quantizes to NaN.
+
 template <typename opmath_t>
-struct LsqMath {
+opmath_t clamp_step(opmath_t s) {  // NaN stays NaN: a comparison with NaN is false
+  const auto floor = static_cast<opmath_t>(kStepFloor);
+  return s < floor ? floor : s;
+}
+
+// LSQ (section 1), with section 4's arctan soft-round gradient when args.soft_round_k > 0.
+template <typename opmath_t>
+struct Lsq {
   using Vec = Vectorized<opmath_t>;
+  static constexpr int kParams = 1;  // step
+  static constexpr int kTerms = 1;   // dy/ds
   Vec qmin, qmax;
+  bool soft;
+  Vec k, slope_scale;
 
-  LsqMath(int64_t lo, int64_t hi) : qmin(static_cast<opmath_t>(lo)), qmax(static_cast<opmath_t>(hi)) {}
+  Lsq(const MethodArgs& a, const opmath_t*)
+      : qmin(static_cast<opmath_t>(a.qmin)), qmax(static_cast<opmath_t>(a.qmax)), soft(a.soft_round_k > 0),
+        k(static_cast<opmath_t>(a.soft_round_k)), slope_scale(static_cast<opmath_t>(a.soft_round_scale)) {}
 
-  Vec quantize(const Vec& x, const Vec& s) const {
-    const Vec u = x / s;
+  static void prepare(const MethodArgs&, const opmath_t* raw, opmath_t* out) { out[0] = clamp_step(raw[0]); }
+
+  Vec quantize(const Vec& x, const Vec* p) const {
+    const Vec u = x / p[0];
     // Strict comparisons, as the reference's hardtanh (a clamp): u == -0.0 with qmin == 0 stays
     // -0.0, and the sign of zero is part of the bit-exact forward.
     const Vec clipped = Vec::blendv(Vec::blendv(u, qmin, u < qmin), qmax, u > qmax);
-    return clipped.round() * s;
+    return clipped.round() * p[0];
   }
 
-  // Returns grad_y * dy/ds and sets grad_x = grad_y * dy/dx.
-  Vec backward(const Vec& x, const Vec& gy, const Vec& s, Vec& gx) const {
-    const Vec u = x / s;
+  void backward(const Vec& x, const Vec& gy, const Vec* p, Vec& gx, Vec* terms) const {
+    const Vec u = x / p[0];
     const Vec below = u <= qmin;
     const Vec above = u >= qmax;
-    gx = Vec::blendv(gy, Vec(0), below | above);
-    const Vec dyds = Vec::blendv(Vec::blendv(u.round() - u, qmin, below), qmax, above);
-    return gy * dyds;
+    const Vec outside = below | above;
+    Vec inside_dyds;
+    if (soft) {  // d round(u)/du := the soft round's slope, in grad_x and in dy/ds = round(u) - u round'(u)
+      const Vec t = k * (u - u.floor() - Vec(opmath_t(0.5)));
+      const Vec slope = slope_scale / (Vec(opmath_t(1)) + t * t);
+      gx = Vec::blendv(gy * slope, Vec(0), outside);
+      inside_dyds = u.round() - u * slope;
+    } else {
+      gx = Vec::blendv(gy, Vec(0), outside);
+      inside_dyds = u.round() - u;
+    }
+    terms[0] = gy * Vec::blendv(Vec::blendv(inside_dyds, qmin, below), qmax, above);
   }
 };
 
-// Where a run's steps come from: one step for the whole run, or a pattern read alongside.
+// LSQ+ (section 2): u = (x - beta) / s, y = round(clip(u)) * s + beta.
 template <typename opmath_t>
-struct BroadcastStep {
-  Vectorized<opmath_t> s;
-  Vectorized<opmath_t> at(int64_t) const { return s; }
+struct LsqPlus {
+  using Vec = Vectorized<opmath_t>;
+  static constexpr int kParams = 2;  // step, offset
+  static constexpr int kTerms = 2;   // dy/ds, dy/dbeta
+  Vec qmin, qmax;
+
+  LsqPlus(const MethodArgs& a, const opmath_t*)
+      : qmin(static_cast<opmath_t>(a.qmin)), qmax(static_cast<opmath_t>(a.qmax)) {}
+
+  static void prepare(const MethodArgs&, const opmath_t* raw, opmath_t* out) {
+    out[0] = clamp_step(raw[0]);
+    out[1] = raw[1];
+  }
+
+  Vec quantize(const Vec& x, const Vec* p) const {
+    const Vec u = (x - p[1]) / p[0];
+    const Vec clipped = Vec::blendv(Vec::blendv(u, qmin, u < qmin), qmax, u > qmax);
+    return clipped.round() * p[0] + p[1];  // two roundings, as the reference's multiply then add
+  }
+
+  void backward(const Vec& x, const Vec& gy, const Vec* p, Vec& gx, Vec* terms) const {
+    const Vec u = (x - p[1]) / p[0];
+    const Vec below = u <= qmin;
+    const Vec above = u >= qmax;
+    const Vec outside = below | above;
+    gx = Vec::blendv(gy, Vec(0), outside);
+    terms[0] = gy * Vec::blendv(Vec::blendv(u.round() - u, qmin, below), qmax, above);
+    terms[1] = Vec::blendv(Vec(0), gy, outside);
+  }
 };
+
+// QIL (section 3), one interval per tensor. prepare() makes the line of the transformer,
+// alpha = 0.5 / d and beta = 0.5 - 0.5 * c / d (d clamped to the floor), in the reference's
+// order; p = {alpha, beta, gamma}. Weights: z = clip(alpha |w| + beta, 0, 1), w_t = sign(w) z^gamma;
+// activations: x_t = clip(alpha x + beta, 0, 1). y = round(x_t q) / q.
 template <typename opmath_t>
-struct PatternStep {
-  const opmath_t* p;  // padded by Io::kStep past the run, so a tail may read a full vector
-  Vectorized<opmath_t> at(int64_t i) const { return Vectorized<opmath_t>::loadu(p + i); }
+struct Qil {
+  using Vec = Vectorized<opmath_t>;
+  static constexpr int kParams = 3;  // alpha, beta, gamma
+  static constexpr int kTerms = 3;   // dx_t/dalpha, dx_t/dbeta, dx_t/dgamma (weights)
+  Vec q, zero = Vec(0), one = Vec(1), floor = Vec(static_cast<opmath_t>(kStepFloor));
+  bool weight;
+  bool unit_gamma;  // gamma == 1: z^gamma is z itself (as torch.pow gives it), no pow
+
+  Qil(const MethodArgs& a, const opmath_t* prepared)
+      : q(static_cast<opmath_t>(a.qmax)), weight(a.qil_weight), unit_gamma(prepared[2] == opmath_t(1)) {}
+
+  static void prepare(const MethodArgs& a, const opmath_t* raw, opmath_t* out) {
+    const opmath_t c = raw[0];
+    const opmath_t d = clamp_step(raw[1]);
+    out[0] = opmath_t(0.5) / d;
+    out[1] = opmath_t(0.5) - opmath_t(0.5) * c / d;
+    out[2] = a.qil_weight ? raw[2] : opmath_t(1);
+  }
+
+  // sign(x): -1, 0 or +1, with 0 for +-0 and NaN (torch.sign of a NaN is 0 after the compares).
+  Vec sign(const Vec& x) const { return Vec::blendv(zero, one, x > zero) - Vec::blendv(zero, one, x < zero); }
+
+  // The pre-clip line and its clip: z (or x_t) and its pass band.
+  Vec line(const Vec& x, const Vec* p) const { return p[0] * (weight ? x.abs() : x) + p[1]; }
+  Vec clip01(const Vec& v) const { return Vec::blendv(Vec::blendv(v, zero, v < zero), one, v > one); }
+
+  // z^gamma where z > 0, at z no smaller than the floor; 0 where z == 0 (pruned).
+  Vec power(const Vec& z, const Vec& z_safe, const Vec& gamma) const {
+    if (unit_gamma) return Vec::blendv(zero, z_safe, z > zero);
+    return Vec::blendv(zero, z_safe.pow(gamma), z > zero);
+  }
+  Vec safe(const Vec& z) const { return Vec::blendv(one, Vec::blendv(z, floor, z < floor), z > zero); }
+
+  Vec quantize(const Vec& x, const Vec* p) const {
+    const Vec z = clip01(line(x, p));
+    const Vec t = weight ? sign(x) * power(z, safe(z), p[2]) : z;
+    return (t * q).round() / q;
+  }
+
+  void backward(const Vec& x, const Vec& gy, const Vec* p, Vec& gx, Vec* terms) const {
+    const Vec pre = line(x, p);
+    if (!weight) {  // x_t = clip(alpha x + beta): dx_t/dx = alpha, /dalpha = x, /dbeta = 1 inside
+      const Vec inside = (pre > zero) & (pre < one);
+      gx = Vec::blendv(zero, gy * p[0], inside);
+      terms[0] = Vec::blendv(zero, gy * x, inside);
+      terms[1] = Vec::blendv(zero, gy, inside);
+      terms[2] = zero;
+      return;
+    }
+    // The reference's pass bands: hardtanh's (0 < pre < 1) and clamp_min(z, floor)'s (z >= floor).
+    const Vec inside = (pre >= floor) & (pre < one);
+    const Vec z = clip01(pre);
+    const Vec z_safe = safe(z);
+    const Vec sg = sign(x);
+    // d z^gamma / dz = gamma z^(gamma - 1); d z^gamma / dgamma = z^gamma ln z (where z > 0).
+    const Vec slope = unit_gamma ? one : p[2] * z_safe.pow(p[2] - one);
+    const Vec t = gy * slope * sg;  // d y / d(alpha |x| + beta), times sign(x)
+    gx = Vec::blendv(zero, t * p[0] * sg, inside);
+    terms[0] = Vec::blendv(zero, t * x.abs(), inside);
+    terms[1] = Vec::blendv(zero, t, inside);
+    terms[2] = Vec::blendv(zero, gy * sg * power(z, z_safe, p[2]) * z_safe.log(), z > zero);
+  }
+};
+
+// Where a run's parameters come from: one set for the whole run, or patterns read alongside.
+template <typename opmath_t, int P>
+struct BroadcastParams {
+  Vectorized<opmath_t> v[P];
+  void at(int64_t, Vectorized<opmath_t>* out) const {
+    for (int k = 0; k < P; ++k) out[k] = v[k];
+  }
+};
+template <typename opmath_t, int P>
+struct PatternParams {
+  const opmath_t* p[P];  // padded by Io::kStep past the run, so a tail may read a full vector
+  void at(int64_t i, Vectorized<opmath_t>* out) const {
+    for (int k = 0; k < P; ++k) out[k] = Vectorized<opmath_t>::loadu(p[k] + i);
+  }
 };
 
 // Calls body(i, ptrs...) for each full kStep chunk of a run of `len` elements, then once for
@@ -140,78 +279,94 @@ inline void for_each_chunk(const scalar_t* const (&in)[kIn], scalar_t* const (&o
   for (int k = 0; k < kOut; ++k) std::copy(out_buf[k], out_buf[k] + rest, out[k] + i);
 }
 
-template <typename scalar_t, typename Steps>
-inline void quantize_run(const LsqMath<at::opmath_type<scalar_t>>& m, const scalar_t* x,
-                         scalar_t* y, int64_t len, const Steps& steps) {
+template <typename scalar_t, typename Policy, typename Params>
+inline void quantize_run(const Policy& m, const scalar_t* x, scalar_t* y, int64_t len, const Params& params) {
   using IO = Io<scalar_t>;
   using Vec = typename IO::Vec;
   const scalar_t* const in[1] = {x};
   scalar_t* const out[1] = {y};
   for_each_chunk<scalar_t, 1, 1>(in, out, len, [&](int64_t i, const auto& src, const auto& dst) {
-    Vec a, b;
+    Vec a, b, pa[Policy::kParams], pb[Policy::kParams];
     IO::load(src(0), a, b);
-    IO::store(dst(0), m.quantize(a, steps.at(i)), m.quantize(b, steps.at(i + Vec::size())));
+    params.at(i, pa);
+    params.at(i + Vec::size(), pb);
+    IO::store(dst(0), m.quantize(a, pa), m.quantize(b, pb));
   });
 }
 
-// Backward over one run; sink.add(i, t0, t1) receives the step-gradient terms of chunk i.
-template <typename scalar_t, typename Steps, typename Sink>
-inline void backward_run(const LsqMath<at::opmath_type<scalar_t>>& m, const scalar_t* gy,
-                         const scalar_t* x, scalar_t* gx, int64_t len, const Steps& steps,
-                         Sink& sink) {
+// Backward over one run; sink.add(i, ta, tb) receives the gradient terms of chunk i.
+template <typename scalar_t, typename Policy, typename Params, typename Sink>
+inline void backward_run(const Policy& m, const scalar_t* gy, const scalar_t* x, scalar_t* gx, int64_t len,
+                         const Params& params, Sink& sink) {
   using IO = Io<scalar_t>;
   using Vec = typename IO::Vec;
+  constexpr int P = Policy::kParams, K = Policy::kTerms;
   const scalar_t* const in[2] = {x, gy};  // the padded tail has grad_y = 0: its terms are 0
   scalar_t* const out[1] = {gx};
   for_each_chunk<scalar_t, 2, 1>(in, out, len, [&](int64_t i, const auto& src, const auto& dst) {
-    Vec xa, xb, ga, gb, gxa, gxb;
+    Vec xa, xb, ga, gb, gxa, gxb, pa[P], pb[P], ta[K], tb[K];
     IO::load(src(0), xa, xb);
     IO::load(src(1), ga, gb);
-    const Vec ta = m.backward(xa, ga, steps.at(i), gxa);
-    const Vec tb = m.backward(xb, gb, steps.at(i + Vec::size()), gxb);
+    params.at(i, pa);
+    params.at(i + Vec::size(), pb);
+    m.backward(xa, ga, pa, gxa, ta);
+    m.backward(xb, gb, pb, gxb, tb);
     IO::store(dst(0), gxa, gxb);
     sink.add(i, ta, tb);
   });
 }
 
-// Segment mode: all terms of a run go to one sum.
-template <typename opmath_t>
+// Segment mode: all terms k of a run go to one sum each.
+template <typename opmath_t, int K>
 struct RunSink {
   using Vec = Vectorized<opmath_t>;
-  Vec lanes = Vec(0);
+  Vec lanes[K];
   int64_t pending = 0;
-  double total = 0;
+  double total[K] = {};
 
-  void add(int64_t, const Vec& a, const Vec& b) {
-    lanes = lanes + a + b;  // each lane gains two terms
+  RunSink() {
+    for (int k = 0; k < K; ++k) lanes[k] = Vec(0);
+  }
+  void add(int64_t, const Vec* a, const Vec* b) {
+    for (int k = 0; k < K; ++k) lanes[k] = lanes[k] + a[k] + b[k];  // each lane gains two terms
     if (++pending == kFoldSteps / 2) fold();
   }
   void fold() {
     alignas(64) opmath_t buf[Vec::size()];
-    lanes.store(buf);
-    for (int64_t k = 0; k < Vec::size(); ++k) total += static_cast<double>(buf[k]);
-    lanes = Vec(0);
+    for (int k = 0; k < K; ++k) {
+      lanes[k].store(buf);
+      for (int64_t j = 0; j < Vec::size(); ++j) total[k] += static_cast<double>(buf[j]);
+      lanes[k] = Vec(0);
+    }
     pending = 0;
   }
 };
 
-// Pattern mode: term i of a row goes to column i's sum; fold() after every few rows.
-template <typename opmath_t>
+// Pattern mode: term k of column i goes to column i's k-th sum; fold() after every few rows.
+template <typename opmath_t, int K>
 struct ColumnSink {
   using Vec = Vectorized<opmath_t>;
-  std::vector<opmath_t> lanes;  // padded by a chunk: a tail adds zeros past the columns
-  std::vector<double> total;
+  std::vector<opmath_t> lanes[K];  // padded by a chunk: a tail adds zeros past the columns
+  std::vector<double> total[K];
 
-  explicit ColumnSink(int64_t columns) : lanes(columns + 2 * Vec::size(), 0), total(columns, 0) {}
-  void add(int64_t i, const Vec& a, const Vec& b) {
-    (Vec::loadu(&lanes[i]) + a).store(&lanes[i]);
-    (Vec::loadu(&lanes[i + Vec::size()]) + b).store(&lanes[i + Vec::size()]);
+  explicit ColumnSink(int64_t columns) {
+    for (int k = 0; k < K; ++k) {
+      lanes[k].assign(columns + 2 * Vec::size(), 0);
+      total[k].assign(columns, 0);
+    }
+  }
+  void add(int64_t i, const Vec* a, const Vec* b) {
+    for (int k = 0; k < K; ++k) {
+      (Vec::loadu(&lanes[k][i]) + a[k]).store(&lanes[k][i]);
+      (Vec::loadu(&lanes[k][i + Vec::size()]) + b[k]).store(&lanes[k][i + Vec::size()]);
+    }
   }
   void fold() {
-    for (size_t k = 0; k < total.size(); ++k) {
-      total[k] += static_cast<double>(lanes[k]);
-      lanes[k] = 0;
-    }
+    for (int k = 0; k < K; ++k)
+      for (size_t j = 0; j < total[k].size(); ++j) {
+        total[k][j] += static_cast<double>(lanes[k][j]);
+        lanes[k][j] = 0;
+      }
   }
 };
 
@@ -259,129 +414,171 @@ struct Tiling {
   }
 };
 
-// Steps clamped to the floor (NaN stays NaN: a comparison with NaN is false), and for
-// pattern mode expanded to one per column, padded with ones for a tail's full-vector read.
-template <typename opmath_t>
-std::vector<opmath_t> prepare_steps(const opmath_t* step, const Tiling& t) {
-  const auto floor = static_cast<opmath_t>(kStepFloor);
-  const auto clamp = [floor](opmath_t s) { return s < floor ? floor : s; };
-  if (!t.pattern) {
-    std::vector<opmath_t> out(t.l.channels);
-    for (int64_t c = 0; c < t.l.channels; ++c) out[c] = clamp(step[c]);
-    return out;
-  }
-  std::vector<opmath_t> out(t.row_len + 2 * Vectorized<opmath_t>::size(), opmath_t(1));
-  for (int64_t j = 0; j < t.row_len; ++j) out[j] = clamp(step[j / t.l.inner]);
-  return out;
-}
+// The parameters of every channel, prepared by the policy ([param][channel]; a null raw array
+// reads as ones), and for pattern
+// mode expanded to one per column, padded with ones for a tail's full-vector read.
+template <typename Policy, typename opmath_t>
+struct PreparedParams {
+  static constexpr int P = Policy::kParams;
+  std::vector<opmath_t> by_channel[P];
+  std::vector<opmath_t> by_column[P];
 
-template <typename scalar_t>
-void forward_typed(const scalar_t* x, const at::opmath_type<scalar_t>* step, scalar_t* y,
-                   Layout layout, int64_t qmin, int64_t qmax) {
+  PreparedParams(const MethodArgs& args, const opmath_t* const* raw, const Tiling& t) {
+    opmath_t in[P], out[P];
+    for (int k = 0; k < P; ++k) by_channel[k].resize(t.l.channels);
+    for (int64_t c = 0; c < t.l.channels; ++c) {
+      for (int k = 0; k < P; ++k) in[k] = raw[k] != nullptr ? raw[k][c] : opmath_t(1);  // absent: 1 (QIL's gamma)
+      Policy::prepare(args, in, out);
+      for (int k = 0; k < P; ++k) by_channel[k][c] = out[k];
+    }
+    if (!t.pattern) return;
+    for (int k = 0; k < P; ++k) {
+      by_column[k].assign(t.row_len + 2 * Vectorized<opmath_t>::size(), opmath_t(1));
+      for (int64_t j = 0; j < t.row_len; ++j) by_column[k][j] = by_channel[k][j / t.l.inner];
+    }
+  }
+  // Channel 0's values, for the policy's constructor (QIL: is gamma 1?); ones when empty.
+  std::array<opmath_t, P> first() const {
+    std::array<opmath_t, P> f;
+    for (int k = 0; k < P; ++k) f[k] = by_channel[k].empty() ? opmath_t(1) : by_channel[k][0];
+    return f;
+  }
+  BroadcastParams<opmath_t, P> broadcast(int64_t c) const {
+    BroadcastParams<opmath_t, P> b;
+    for (int k = 0; k < P; ++k) b.v[k] = Vectorized<opmath_t>(by_channel[k][c]);
+    return b;
+  }
+  PatternParams<opmath_t, P> pattern(int64_t column) const {
+    PatternParams<opmath_t, P> p;
+    for (int k = 0; k < P; ++k) p.p[k] = by_column[k].data() + column;
+    return p;
+  }
+};
+
+template <typename Policy, typename scalar_t>
+void forward_typed(const MethodArgs& args, const scalar_t* x, const at::opmath_type<scalar_t>* const* raw,
+                   scalar_t* y, Layout layout) {
   using opmath_t = at::opmath_type<scalar_t>;
   const Tiling t(layout);
   if (t.items == 0) return;
-  const LsqMath<opmath_t> m(qmin, qmax);
-  const std::vector<opmath_t> steps = prepare_steps(step, t);
+  const PreparedParams<Policy, opmath_t> params(args, raw, t);
+  const Policy m(args, params.first().data());
   at::parallel_for(0, t.items, t.grain(), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       if (!t.pattern) {
         int64_t offset, len, c;
         t.segment(item, offset, len, c);
-        quantize_run(m, x + offset, y + offset, len, BroadcastStep<opmath_t>{Vectorized<opmath_t>(steps[c])});
+        quantize_run(m, x + offset, y + offset, len, params.broadcast(c));
       } else {
         int64_t r0, r1, c0, c1;
         t.tile(item, r0, r1, c0, c1);
+        const auto pattern = params.pattern(c0);
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t offset = r * t.row_len + c0;
-          quantize_run(m, x + offset, y + offset, c1 - c0, PatternStep<opmath_t>{steps.data() + c0});
+          quantize_run(m, x + offset, y + offset, c1 - c0, pattern);
         }
       }
     }
   });
 }
 
-template <typename scalar_t>
-void backward_typed(const scalar_t* gy, const scalar_t* x, const at::opmath_type<scalar_t>* step,
-                    scalar_t* gx, double* channel_sums, Layout layout, int64_t qmin, int64_t qmax) {
+template <typename Policy, typename scalar_t>
+void backward_typed(const MethodArgs& args, const scalar_t* gy, const scalar_t* x,
+                    const at::opmath_type<scalar_t>* const* raw, scalar_t* gx, double* term_sums, Layout layout) {
   using opmath_t = at::opmath_type<scalar_t>;
+  constexpr int K = Policy::kTerms;
+  const int64_t channels = layout.channels;
   const Tiling t(layout);
-  std::fill(channel_sums, channel_sums + layout.channels, 0.0);
+  std::fill(term_sums, term_sums + K * channels, 0.0);
   if (t.items == 0) return;
-  const LsqMath<opmath_t> m(qmin, qmax);
-  const std::vector<opmath_t> steps = prepare_steps(step, t);
+  const PreparedParams<Policy, opmath_t> params(args, raw, t);
+  const Policy m(args, params.first().data());
 
   if (!t.pattern) {
-    std::vector<double> partial(t.items);  // one per item
+    std::vector<double> partial(t.items * K);  // [item][term]
     at::parallel_for(0, t.items, t.grain(), [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         int64_t offset, len, c;
         t.segment(item, offset, len, c);
-        RunSink<opmath_t> sink;
-        backward_run(m, gy + offset, x + offset, gx + offset, len,
-                     BroadcastStep<opmath_t>{Vectorized<opmath_t>(steps[c])}, sink);
+        RunSink<opmath_t, K> sink;
+        backward_run(m, gy + offset, x + offset, gx + offset, len, params.broadcast(c), sink);
         sink.fold();
-        partial[item] = sink.total;
+        for (int k = 0; k < K; ++k) partial[item * K + k] = sink.total[k];
       }
     });
     // item = (o * channels + c) * blocks_per_segment + block, summed over o then block.
     for (int64_t o = 0; o < layout.outer; ++o)
-      for (int64_t c = 0; c < layout.channels; ++c)
+      for (int64_t c = 0; c < channels; ++c)
         for (int64_t b = 0; b < t.blocks_per_segment; ++b)
-          channel_sums[c] += partial[(o * layout.channels + c) * t.blocks_per_segment + b];
+          for (int k = 0; k < K; ++k)
+            term_sums[k * channels + c] += partial[((o * channels + c) * t.blocks_per_segment + b) * K + k];
     return;
   }
 
   const int64_t row_blocks = ceil_div(layout.outer, t.rows);
-  std::vector<double> partial(row_blocks * layout.channels, 0.0);  // [row block, channel]
+  std::vector<double> partial(row_blocks * K * channels, 0.0);  // [row block][term][channel]
   at::parallel_for(0, t.items, t.grain(), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       int64_t r0, r1, c0, c1;
       t.tile(item, r0, r1, c0, c1);
-      ColumnSink<opmath_t> sink(c1 - c0);
+      ColumnSink<opmath_t, K> sink(c1 - c0);
+      const auto pattern = params.pattern(c0);
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t offset = r * t.row_len + c0;
-        backward_run(m, gy + offset, x + offset, gx + offset, c1 - c0,
-                     PatternStep<opmath_t>{steps.data() + c0}, sink);
+        backward_run(m, gy + offset, x + offset, gx + offset, c1 - c0, pattern, sink);
         if ((r - r0 + 1) % kFoldSteps == 0) sink.fold();
       }
       sink.fold();
-      double* out = partial.data() + (item / t.column_blocks) * layout.channels;
-      for (int64_t col = c0; col < c1; ++col) out[col / layout.inner] += sink.total[col - c0];
+      double* out = partial.data() + (item / t.column_blocks) * K * channels;
+      for (int k = 0; k < K; ++k)
+        for (int64_t col = c0; col < c1; ++col) out[k * channels + col / layout.inner] += sink.total[k][col - c0];
     }
   });
   for (int64_t rb = 0; rb < row_blocks; ++rb)
-    for (int64_t c = 0; c < layout.channels; ++c) channel_sums[c] += partial[rb * layout.channels + c];
+    for (int64_t j = 0; j < K * channels; ++j) term_sums[j] += partial[rb * K * channels + j];
 }
 
-// Type dispatch at the table boundary: the table's entries take type-erased pointers.
+// Type and method dispatch at the table boundary: the table's entries take type-erased pointers.
+// fn(scalar_t{}, (Policy*)nullptr) runs the kernels of one element type and one quantizer.
 template <typename Fn>
-void dispatch_dtype(c10::ScalarType dtype, const Fn& fn) {
+void dispatch(c10::ScalarType dtype, Method method, const Fn& fn) {
+  const auto with_type = [&](auto tag) {
+    using opmath_t = at::opmath_type<decltype(tag)>;
+    switch (method) {
+      case Method::kLsq: return fn(tag, static_cast<Lsq<opmath_t>*>(nullptr));
+      case Method::kLsqPlus: return fn(tag, static_cast<LsqPlus<opmath_t>*>(nullptr));
+      case Method::kQil: return fn(tag, static_cast<Qil<opmath_t>*>(nullptr));
+    }
+    TORCH_CHECK(false, "lsq_fast: unknown quantizer method ", static_cast<int>(method));
+  };
   switch (dtype) {
-    case c10::ScalarType::Float: return fn(float{});
-    case c10::ScalarType::Double: return fn(double{});
-    case c10::ScalarType::Half: return fn(c10::Half{});
-    case c10::ScalarType::BFloat16: return fn(c10::BFloat16{});
+    case c10::ScalarType::Float: return with_type(float{});
+    case c10::ScalarType::Double: return with_type(double{});
+    case c10::ScalarType::Half: return with_type(c10::Half{});
+    case c10::ScalarType::BFloat16: return with_type(c10::BFloat16{});
     default: TORCH_CHECK(false, "lsq_fast: unsupported dtype ", dtype);
   }
 }
 
-void forward(c10::ScalarType dtype, const void* x, const void* step, void* y, Layout layout,
-             int64_t qmin, int64_t qmax) {
-  dispatch_dtype(dtype, [&](auto tag) {
+void forward(c10::ScalarType dtype, const MethodArgs& args, const void* x, const void* const* params, void* y,
+             Layout layout) {
+  dispatch(dtype, args.method, [&](auto tag, auto* policy) {
     using scalar_t = decltype(tag);
-    forward_typed(static_cast<const scalar_t*>(x), static_cast<const at::opmath_type<scalar_t>*>(step),
-                  static_cast<scalar_t*>(y), layout, qmin, qmax);
+    using Policy = std::remove_pointer_t<decltype(policy)>;
+    forward_typed<Policy>(args, static_cast<const scalar_t*>(x),
+                          reinterpret_cast<const at::opmath_type<scalar_t>* const*>(params),
+                          static_cast<scalar_t*>(y), layout);
   });
 }
 
-void backward(c10::ScalarType dtype, const void* grad_y, const void* x, const void* step,
-              void* grad_x, double* channel_sums, Layout layout, int64_t qmin, int64_t qmax) {
-  dispatch_dtype(dtype, [&](auto tag) {
+void backward(c10::ScalarType dtype, const MethodArgs& args, const void* grad_y, const void* x,
+              const void* const* params, void* grad_x, double* term_sums, Layout layout) {
+  dispatch(dtype, args.method, [&](auto tag, auto* policy) {
     using scalar_t = decltype(tag);
-    backward_typed(static_cast<const scalar_t*>(grad_y), static_cast<const scalar_t*>(x),
-                   static_cast<const at::opmath_type<scalar_t>*>(step), static_cast<scalar_t*>(grad_x),
-                   channel_sums, layout, qmin, qmax);
+    using Policy = std::remove_pointer_t<decltype(policy)>;
+    backward_typed<Policy>(args, static_cast<const scalar_t*>(grad_y), static_cast<const scalar_t*>(x),
+                           reinterpret_cast<const at::opmath_type<scalar_t>* const*>(params),
+                           static_cast<scalar_t*>(grad_x), term_sums, layout);
   });
 }
 

@@ -5,6 +5,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <optional>
+
 #include "cuda/lsq_plan.h"
 
 namespace lsq_fast::cuda {
@@ -21,9 +23,12 @@ cudaError_t lsq_forward(DType dtype, const Plan& plan, const void* x, const void
                         double qmax, cudaStream_t stream);
 
 // grad_x, and grad_step = grad_scale * (per-channel sum of grad_y * dy/ds). `partials`:
-// plan.partials() float64 scratch values (null when zero).
+// plan.partials() float64 scratch values (null when zero). `soft_round_k`: none for the
+// straight-through round, else the sharpness k (positive, finite; cudaErrorInvalidValue
+// otherwise) of LG-LSQ's arctangent soft round, whose slope replaces round's in dy/dx and
+// dy/ds (lsq_math.cuh, ArctanRound).
 cudaError_t lsq_backward(DType dtype, const Plan& plan, const void* grad_y, const void* x, const void* step,
                          void* grad_x, double* partials, void* grad_step, double grad_scale, double qmin,
-                         double qmax, cudaStream_t stream);
+                         double qmax, std::optional<double> soft_round_k, cudaStream_t stream);
 
 }  // namespace lsq_fast::cuda

@@ -16,6 +16,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <optional>
 
 #include "cuda/lsq_cuda.h"
 #include "lsq_host.h"
@@ -63,8 +64,11 @@ void check_cuda(const at::Tensor& x) {
   TORCH_CHECK_VALUE(x.is_cuda(), "lsq_fast: the CUDA kernels got x on ", x.device());
 }
 
+// grad_scale and soft_round_k are the backward's (the forward keeps the hard round): ignored,
+// and checked by lsq_backward_cuda.
 at::Tensor lsq_forward_cuda(const at::Tensor& x, const at::Tensor& step, int64_t qmin, int64_t qmax,
-                            std::optional<int64_t> channel_axis, std::optional<double> /*grad_scale*/) {
+                            std::optional<int64_t> channel_axis, std::optional<double> /*grad_scale*/,
+                            std::optional<double> /*soft_round_k*/) {
   const auto axis = check_lsq_args(x, step, qmin, qmax, channel_axis);
   check_cuda(x);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -82,9 +86,11 @@ at::Tensor lsq_forward_cuda(const at::Tensor& x, const at::Tensor& step, int64_t
 std::tuple<at::Tensor, at::Tensor> lsq_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x,
                                                      const at::Tensor& step, int64_t qmin, int64_t qmax,
                                                      std::optional<int64_t> channel_axis,
-                                                     std::optional<double> grad_scale) {
+                                                     std::optional<double> grad_scale,
+                                                     std::optional<double> soft_round_k) {
   const auto axis = check_lsq_args(x, step, qmin, qmax, channel_axis);
   check_grad_like(grad_y, x);
+  checked_soft_round_scale(soft_round_k);  // the error for a bad k (the launcher computes c again)
   check_cuda(x);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xd = dense(x);
@@ -102,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor> lsq_backward_cuda(const at::Tensor& grad_y, c
                                     grad_x.mutable_data_ptr(),
                                     partials.defined() ? partials.mutable_data_ptr<double>() : nullptr,
                                     grad_step.mutable_data_ptr(), g, static_cast<double>(qmin),
-                                    static_cast<double>(qmax), c10::cuda::getCurrentCUDAStream()));
+                                    static_cast<double>(qmax), soft_round_k, c10::cuda::getCurrentCUDAStream()));
   return {grad_x, grad_step.to(step.scalar_type()).view(step.sizes())};
 }
 

@@ -7,6 +7,11 @@
 // accesses in flight per thread (unroll_for); 64-bit offsets throughout. Grids are sized from
 // the multiprocessor count and blocks stride over the work, so a block's share, and hence the
 // order the step gradient is summed in, is fixed for a given shape and device.
+//
+// The backward kernels come in two instantiations (kSoftRound): the straight-through round,
+// and LG-LSQ's arctangent soft round (lsq_math.cuh, ArctanRound: the project's reading of the
+// paper's abstract, not a transcription of it). A template flag rather than a runtime branch,
+// so that the straight-through kernels compile exactly as without the soft round.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -76,17 +81,30 @@ struct Args {
   math_t<T>* grad_step;
   double grad_scale;
   Quantizer<math_t<T>> q;
+  ArctanRound<math_t<T>> soft;  // backward, kSoftRound only
 };
 
-// One element: forward writes y, backward writes grad_x and adds grad_y * dy/ds to acc.
-template <bool kBackward, typename T, typename M>
-__device__ __forceinline__ T element(const Quantizer<M>& q, T x, T grad_y, M s, M& acc) {
+// Packs per input a thread loads before it uses any: the plan's unroll_for, except in the
+// float64 soft-round backward, whose second IEEE float64 division per element (the slope's)
+// would spill at 64 registers with two packs in flight; it takes one at a time. The order of
+// the elements, and of the sums, is the same either way.
+template <typename T, int VEC, bool kBackward, bool kSoftRound>
+constexpr int in_flight() {
+  return kSoftRound && sizeof(math_t<T>) == 8 ? 1 : unroll_for(VEC, kBackward);
+}
+
+// One element: forward writes y, backward writes grad_x and adds grad_y * dy/ds to acc, with
+// the soft round's slope (kSoftRound) or the straight-through one.
+template <bool kBackward, bool kSoftRound, typename T, typename M>
+__device__ __forceinline__ T element(const Args<T>& a, T x, T grad_y, M s, M& acc) {
+  static_assert(kBackward || !kSoftRound, "the forward keeps the hard round");
   if constexpr (kBackward) {
     M grad_x;
-    acc += q.backward(to_math(x), to_math(grad_y), s, grad_x);
+    if constexpr (kSoftRound) acc += a.q.backward(to_math(x), to_math(grad_y), s, a.soft, grad_x);
+    else acc += a.q.backward(to_math(x), to_math(grad_y), s, grad_x);
     return from_math<T>(grad_x);
   } else {
-    return from_math<T>(q.forward(to_math(x), s));
+    return from_math<T>(a.q.forward(to_math(x), s));
   }
 }
 
@@ -112,12 +130,13 @@ __device__ __forceinline__ A block_sum(A v, A* scratch) {
 // ---- rows kernel: per-tensor, and a step per row ---------------------------------------------
 
 // Elements [begin, end) of one row, kUnroll packs per thread and input loaded before any is
-// used. Returns this thread's float32 (float64) sum of grad_y * dy/ds over them.
-template <typename T, int VEC, bool kBackward>
+// used (any kUnroll covers the row, thread t taking packs t, t + kThreads, ... in order).
+// Returns this thread's float32 (float64) sum of grad_y * dy/ds over them.
+template <typename T, int VEC, bool kBackward, bool kSoftRound>
 __device__ __forceinline__ math_t<T> rows_sweep(const Args<T>& a, int64_t begin, int64_t end, math_t<T> s) {
   using M = math_t<T>;
   using P = Pack<T, VEC>;
-  constexpr int kUnroll = unroll_for(VEC, kBackward);
+  constexpr int kUnroll = in_flight<T, VEC, kBackward, kSoftRound>();
   constexpr int64_t kPass = static_cast<int64_t>(kThreads) * VEC;
   M acc = 0;
   for (int64_t base = begin + threadIdx.x * VEC; base < end; base += kPass * kUnroll) {
@@ -137,25 +156,26 @@ __device__ __forceinline__ math_t<T> rows_sweep(const Args<T>& a, int64_t begin,
       if (i + VEC <= end) {
         P out;
 #pragma unroll
-        for (int v = 0; v < VEC; ++v) out.v[v] = element<kBackward>(a.q, xs[k].v[v], kBackward ? gs[k].v[v] : T(), s, acc);
+        for (int v = 0; v < VEC; ++v)
+          out.v[v] = element<kBackward, kSoftRound>(a, xs[k].v[v], kBackward ? gs[k].v[v] : T(), s, acc);
         store<T, VEC>(a.out + i, out);
       } else if (VEC > 1 && i < end) {  // per-tensor only: the last, partial pack
         for (int64_t j = i; j < end; ++j)
-          a.out[j] = element<kBackward>(a.q, a.x[j], kBackward ? a.grad_y[j] : T(), s, acc);
+          a.out[j] = element<kBackward, kSoftRound>(a, a.x[j], kBackward ? a.grad_y[j] : T(), s, acc);
       }
     }
   }
   return acc;
 }
 
-template <typename T, int VEC, bool kBackward, bool kPerRow>
+template <typename T, int VEC, bool kBackward, bool kPerRow, bool kSoftRound>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm) lsq_rows_kernel(Args<T> a, Plan p) {
   __shared__ double scratch[kWarps];
   double total = 0.0;  // one step for the whole tensor: this thread's share of the block's partial
   for (int64_t item = blockIdx.x; item < p.items; item += gridDim.x) {
     const RowsItem it = rows_item(p, item);
     const int64_t channel = it.channel;
-    const math_t<T> sum = rows_sweep<T, VEC, kBackward>(a, it.begin, it.end, clamp_step(a.step[channel]));
+    const math_t<T> sum = rows_sweep<T, VEC, kBackward, kSoftRound>(a, it.begin, it.end, clamp_step(a.step[channel]));
     if constexpr (kBackward && kPerRow) {  // uniform across the block: every thread takes this item
       const double item_sum = block_sum(static_cast<double>(sum), scratch);
       if (threadIdx.x == 0) {
@@ -181,11 +201,13 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) lsq_rows_kernel(Args<T
 // the whole launch and walks rows ty, ty + ty_count, ... of each band of rows it is given.
 // Its float64 step-gradient totals live in shared memory: registers go to the loads in flight
 // and the division.
-template <typename T, int VEC, bool kBackward>
+template <typename T, int VEC, bool kBackward, bool kSoftRound>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm) lsq_cols_kernel(Args<T> a, Plan p) {
   using M = math_t<T>;
   using P = Pack<T, VEC>;
-  constexpr int kUnroll = unroll_for(VEC, kBackward);
+  constexpr int kUnroll = unroll_for(VEC, kBackward);  // rows per band and thread: the plan's
+  constexpr int kInFlight = in_flight<T, VEC, kBackward, kSoftRound>();  // divides kUnroll
+  static_assert(kUnroll % kInFlight == 0);
   __shared__ double column_totals[kBackward ? kThreads * VEC : 1];  // [ty][tx][v]
   const int tx = threadIdx.x % p.tx;
   const int ty = threadIdx.x / p.tx;
@@ -199,28 +221,31 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) lsq_cols_kernel(Args<T
     if constexpr (kBackward) column_totals[threadIdx.x * VEC + v] = 0.0;
   }
   for (int64_t band = blockIdx.x; band < p.bands; band += gridDim.x) {
-    P xs[kUnroll];
-    P gs[kUnroll];
 #pragma unroll
-    for (int k = 0; k < kUnroll; ++k) {
-      const int64_t r = cols_row(p, band, ty, k);
-      if (active && r < p.rows) {
-        xs[k] = load<T, VEC>(a.x + r * p.cols + col);
-        if constexpr (kBackward) gs[k] = load<T, VEC>(a.grad_y + r * p.cols + col);
-      }
-    }
+    for (int k0 = 0; k0 < kUnroll; k0 += kInFlight) {  // one trip unless kInFlight < kUnroll
+      P xs[kInFlight];
+      P gs[kInFlight];
 #pragma unroll
-    for (int k = 0; k < kUnroll; ++k) {
-      const int64_t r = cols_row(p, band, ty, k);
-      if (active && r < p.rows) {
-        P out;
-#pragma unroll
-        for (int v = 0; v < VEC; ++v) {
-          M sum = 0;
-          out.v[v] = element<kBackward>(a.q, xs[k].v[v], kBackward ? gs[k].v[v] : T(), s[v], sum);
-          if constexpr (kBackward) column_totals[threadIdx.x * VEC + v] += sum;
+      for (int j = 0; j < kInFlight; ++j) {
+        const int64_t r = cols_row(p, band, ty, k0 + j);
+        if (active && r < p.rows) {
+          xs[j] = load<T, VEC>(a.x + r * p.cols + col);
+          if constexpr (kBackward) gs[j] = load<T, VEC>(a.grad_y + r * p.cols + col);
         }
-        store<T, VEC>(a.out + r * p.cols + col, out);
+      }
+#pragma unroll
+      for (int j = 0; j < kInFlight; ++j) {
+        const int64_t r = cols_row(p, band, ty, k0 + j);
+        if (active && r < p.rows) {
+          P out;
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) {
+            M sum = 0;
+            out.v[v] = element<kBackward, kSoftRound>(a, xs[j].v[v], kBackward ? gs[j].v[v] : T(), s[v], sum);
+            if constexpr (kBackward) column_totals[threadIdx.x * VEC + v] += sum;
+          }
+          store<T, VEC>(a.out + r * p.cols + col, out);
+        }
       }
     }
   }
@@ -261,21 +286,21 @@ __global__ void __launch_bounds__(kThreads) lsq_sum_partials_kernel(const double
 
 // ---- launchers -------------------------------------------------------------------------------
 
-template <typename T, bool kBackward>
+template <typename T, bool kBackward, bool kSoftRound>
 cudaError_t launch(const Plan& p, const Args<T>& a, cudaStream_t stream) {
   constexpr int kWide = 16 / sizeof(T);
   constexpr int kColsWide = kWide < kColsMaxVec ? kWide : kColsMaxVec;
   const dim3 grid(p.grid_x, p.grid_y);
   const bool wide = p.vec > 1;
   if (p.kind == KernelKind::kCols) {
-    if (wide) lsq_cols_kernel<T, kColsWide, kBackward><<<grid, kThreads, 0, stream>>>(a, p);
-    else lsq_cols_kernel<T, 1, kBackward><<<grid, kThreads, 0, stream>>>(a, p);
+    if (wide) lsq_cols_kernel<T, kColsWide, kBackward, kSoftRound><<<grid, kThreads, 0, stream>>>(a, p);
+    else lsq_cols_kernel<T, 1, kBackward, kSoftRound><<<grid, kThreads, 0, stream>>>(a, p);
   } else if (p.per_row) {
-    if (wide) lsq_rows_kernel<T, kWide, kBackward, true><<<grid, kThreads, 0, stream>>>(a, p);
-    else lsq_rows_kernel<T, 1, kBackward, true><<<grid, kThreads, 0, stream>>>(a, p);
+    if (wide) lsq_rows_kernel<T, kWide, kBackward, true, kSoftRound><<<grid, kThreads, 0, stream>>>(a, p);
+    else lsq_rows_kernel<T, 1, kBackward, true, kSoftRound><<<grid, kThreads, 0, stream>>>(a, p);
   } else {
-    if (wide) lsq_rows_kernel<T, kWide, kBackward, false><<<grid, kThreads, 0, stream>>>(a, p);
-    else lsq_rows_kernel<T, 1, kBackward, false><<<grid, kThreads, 0, stream>>>(a, p);
+    if (wide) lsq_rows_kernel<T, kWide, kBackward, false, kSoftRound><<<grid, kThreads, 0, stream>>>(a, p);
+    else lsq_rows_kernel<T, 1, kBackward, false, kSoftRound><<<grid, kThreads, 0, stream>>>(a, p);
   }
   if (kBackward && !p.final) {
     lsq_sum_partials_kernel<math_t<T>><<<static_cast<unsigned>(p.channels), kThreads, 0, stream>>>(
@@ -284,23 +309,30 @@ cudaError_t launch(const Plan& p, const Args<T>& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+// soft_round_k: the soft round's sharpness k (> 0), or 0 for the straight-through round.
 template <typename T>
 Args<T> make_args(const void* x, const void* grad_y, void* out, const void* step, double* partials,
-                  void* grad_step, double grad_scale, double qmin, double qmax) {
+                  void* grad_step, double grad_scale, double qmin, double qmax, double soft_round_k) {
   using M = math_t<T>;
+  const ArctanRound<M> soft{static_cast<M>(soft_round_k),
+                            static_cast<M>(soft_round_k > 0 ? soft_round_scale(soft_round_k) : 1.0)};
   return Args<T>{static_cast<const T*>(x),    static_cast<const T*>(grad_y),  static_cast<T*>(out),
                  static_cast<const M*>(step), partials,                       static_cast<M*>(grad_step),
-                 grad_scale,                  {static_cast<M>(qmin), static_cast<M>(qmax)}};
+                 grad_scale,                  {static_cast<M>(qmin), static_cast<M>(qmax)},
+                 soft};
 }
 
 template <bool kBackward>
 cudaError_t dispatch(DType dtype, const Plan& p, const void* x, const void* grad_y, void* out, const void* step,
                      double* partials, void* grad_step, double grad_scale, double qmin, double qmax,
-                     cudaStream_t stream) {
+                     double soft_round_k, cudaStream_t stream) {
   const auto run = [&](auto element_type) {
     using T = decltype(element_type);
-    return launch<T, kBackward>(p, make_args<T>(x, grad_y, out, step, partials, grad_step, grad_scale, qmin, qmax),
-                                stream);
+    const Args<T> a = make_args<T>(x, grad_y, out, step, partials, grad_step, grad_scale, qmin, qmax, soft_round_k);
+    if constexpr (kBackward) {
+      if (soft_round_k > 0) return launch<T, true, true>(p, a, stream);
+    }
+    return launch<T, kBackward, false>(p, a, stream);
   };
   switch (dtype) {
     case DType::kFloat32: return run(float{});
@@ -315,13 +347,15 @@ cudaError_t dispatch(DType dtype, const Plan& p, const void* x, const void* grad
 
 cudaError_t lsq_forward(DType dtype, const Plan& plan, const void* x, const void* step, void* y, double qmin,
                         double qmax, cudaStream_t stream) {
-  return dispatch<false>(dtype, plan, x, nullptr, y, step, nullptr, nullptr, 1.0, qmin, qmax, stream);
+  return dispatch<false>(dtype, plan, x, nullptr, y, step, nullptr, nullptr, 1.0, qmin, qmax, 0.0, stream);
 }
 
 cudaError_t lsq_backward(DType dtype, const Plan& plan, const void* grad_y, const void* x, const void* step,
                          void* grad_x, double* partials, void* grad_step, double grad_scale, double qmin,
-                         double qmax, cudaStream_t stream) {
-  return dispatch<true>(dtype, plan, x, grad_y, grad_x, step, partials, grad_step, grad_scale, qmin, qmax, stream);
+                         double qmax, std::optional<double> soft_round_k, cudaStream_t stream) {
+  if (soft_round_k && !(*soft_round_k > 0 && std::isfinite(*soft_round_k))) return cudaErrorInvalidValue;
+  return dispatch<true>(dtype, plan, x, grad_y, grad_x, step, partials, grad_step, grad_scale, qmin, qmax,
+                        soft_round_k.value_or(0.0), stream);
 }
 
 }  // namespace lsq_fast::cuda

@@ -1,5 +1,7 @@
 """LSQ in Triton: a one-pass forward, and a one-pass backward that writes grad_x and reduces
 the step gradient into float32 partials, which a second tiny kernel sums in a fixed order.
+The backward's round surrogate is a switch: LSQ's straight-through 1, or LG-LSQ's arctan
+soft-round slope (soft_round_k; shared/spec/quantizers.md, section 4, as this project reads it).
 
 The ops are `torch.ops.lsq_fast.lsq_forward_triton` / `lsq_backward_triton`, with the
 signatures of the CPU ops; autograd is registered on the forward. Layouts: any dense tensor
@@ -10,6 +12,7 @@ approximate divide), round half to even, strict clip points, float32 math (float
 float64 x), and a float32 forward bit-identical to the reference.
 """
 
+import math
 from typing import Callable
 
 import torch
@@ -17,11 +20,12 @@ import triton
 import triton.language as tl
 
 from .._args import check_grad_like, check_op_args, check_step_values, grad_scale_for_qmax
+from ..reference.soft_round import check_sharpness
 from .layout import MatrixView, dense, like, matrix_view
 from .registration import define_op, launch
 from .tile_math import (
-    STEP_FLOOR, STEP_ONE, STEP_PER_ROW, cast_for_store, clip_and_round, ieee_div, load_step, round_half_to_even,
-    tile_indices,
+    cast_for_store, clip_and_round, finish_step_grad, host_scalar, ieee_div, load_step, mul_rn, round_half_to_even,
+    sum_blocks, sum_partials_kernel, tile_indices, tile_partials, to_math,
 )
 from .tiles import Tile, partials_shape, pick_tile
 
@@ -32,19 +36,22 @@ def _lsq_forward_kernel(
     STEP_MODE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ONE_ROW: tl.constexpr,
 ):
     rows, cols, _, _, mask, offsets = tile_indices(n_rows, n_cols, BLOCK_R, BLOCK_C, ONE_ROW)
-    s = load_step(step_ptr, rows, cols, n_rows, n_cols, channels, STEP_MODE)
-    x = tl.load(x_ptr + offsets, mask=mask).to(s.dtype)  # math in the step's dtype: f32 (f64 for f64 x)
+    s = to_math(load_step(step_ptr, rows, cols, n_rows, n_cols, channels, STEP_MODE), x_ptr)
+    x = to_math(tl.load(x_ptr + offsets, mask=mask), x_ptr)  # float32 math (float64 for float64 x)
     y = clip_and_round(ieee_div(x, s), qmin, qmax) * s
     tl.store(y_ptr + offsets, cast_for_store(y, y_ptr), mask=mask)
 
 
 @triton.jit
-def _finish_step_grad(grad_step_ptr, step_ptr, index, total, grad_scale: tl.float64, mask):
-    """grad_step = g * total, in float64 then cast, as the CPU kernels do; zero where the step
-    is below STEP_FLOOR, since the clamp to the floor passes no gradient there."""
-    raw = tl.load(step_ptr + index, mask=mask, other=1.0)
-    grad = tl.where(raw >= STEP_FLOOR, total.to(tl.float64) * grad_scale, 0.0)
-    tl.store(grad_step_ptr + index, grad.to(grad_step_ptr.dtype.element_ty), mask=mask)
+def _soft_round_slope(u, soft_round_k: tl.float64, soft_round_c: tl.float64):
+    """LG-LSQ's arctan soft round's slope at u, c / (1 + (k (frac(u) - 1/2))^2) with
+    c = k / (2 atan(k/2)) from the host, in u's dtype and in the order every backend uses:
+    f = u - floor(u), t = k * (f - 0.5), slope = c / (1.0 + t * t) (IEEE division; t * t is not
+    contracted into an FMA, so that the slope is the same on every backend)."""
+    k = host_scalar(soft_round_k, u)
+    c = host_scalar(soft_round_c, u)
+    t = k * ((u - tl.floor(u)) - 0.5)
+    return ieee_div(c, 1.0 + mul_rn(t, t))
 
 
 @triton.jit
@@ -52,59 +59,39 @@ def _lsq_backward_kernel(
     grad_y_ptr, x_ptr, step_ptr, grad_x_ptr, partial_ptr, grad_step_ptr, grad_scale: tl.float64,
     n_rows, n_cols, channels, qmin, qmax,
     STEP_MODE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ONE_ROW: tl.constexpr,
-    FINAL: tl.constexpr,
+    FINAL: tl.constexpr, soft_round_k: tl.float64, soft_round_c: tl.float64, SOFT_ROUND: tl.constexpr,
 ):
     """grad_x, and this tile's step-gradient partials: one per tile (per-tensor), per row of the
     tile (a step per row) or per column (a step per column). With FINAL, each partial is a
-    channel's whole sum, and it is scaled and written to grad_step here: no second launch."""
+    channel's whole sum, and it is scaled and written to grad_step here: no second launch.
+    With SOFT_ROUND, round's derivative inside the clip range is the arctan soft round's slope
+    instead of the straight-through 1: grad_x = grad_y * slope, dy/ds = round(u) - u * slope."""
     rows, cols, row_block, col_block, mask, offsets = tile_indices(n_rows, n_cols, BLOCK_R, BLOCK_C, ONE_ROW)
-    s = load_step(step_ptr, rows, cols, n_rows, n_cols, channels, STEP_MODE)
-    x = tl.load(x_ptr + offsets, mask=mask).to(s.dtype)
-    grad_y = tl.load(grad_y_ptr + offsets, mask=mask, other=0.0).to(s.dtype)
+    s = to_math(load_step(step_ptr, rows, cols, n_rows, n_cols, channels, STEP_MODE), x_ptr)
+    x = to_math(tl.load(x_ptr + offsets, mask=mask), x_ptr)
+    grad_y = to_math(tl.load(grad_y_ptr + offsets, mask=mask, other=0.0), x_ptr)
     u = ieee_div(x, s)
     below = u <= qmin  # strict pass band: no gradient to x at the clip points; NaN counts as inside
     above = u >= qmax
-    tl.store(grad_x_ptr + offsets, cast_for_store(tl.where(below | above, 0.0, grad_y), grad_x_ptr), mask=mask)
-    dy_ds = tl.where(below, qmin, tl.where(above, qmax, round_half_to_even(u) - u))
-    terms = tl.where(mask, grad_y * dy_ds, 0.0)
-    if STEP_MODE == STEP_ONE:
-        partial = tl.sum(terms)
-        if FINAL:
-            _finish_step_grad(grad_step_ptr, step_ptr, 0, partial, grad_scale, True)
-        else:
-            tl.store(partial_ptr + tl.program_id(0), partial)
-    elif STEP_MODE == STEP_PER_ROW:
-        partial = tl.sum(terms, axis=1)  # partials are [rows, grid_cols] = [outer, C, grid_cols]
-        if FINAL:
-            _finish_step_grad(grad_step_ptr, step_ptr, rows, partial, grad_scale, rows < n_rows)
-        else:
-            tl.store(partial_ptr + rows * tl.cdiv(n_cols, BLOCK_C) + col_block, partial, mask=rows < n_rows)
+    if SOFT_ROUND:
+        slope = _soft_round_slope(u, soft_round_k, soft_round_c)
+        inside_dx = grad_y * slope
+        inside_ds = round_half_to_even(u) - mul_rn(u, slope)
     else:
-        partial = tl.sum(terms, axis=0)  # partials are [grid_rows, C]
-        if FINAL:
-            _finish_step_grad(grad_step_ptr, step_ptr, cols, partial, grad_scale, cols < n_cols)
-        else:
-            tl.store(partial_ptr + row_block * n_cols + cols, partial, mask=cols < n_cols)
+        inside_dx = grad_y
+        inside_ds = round_half_to_even(u) - u
+    tl.store(grad_x_ptr + offsets, cast_for_store(tl.where(below | above, 0.0, inside_dx), grad_x_ptr), mask=mask)
+    dy_ds = tl.where(below, qmin, tl.where(above, qmax, inside_ds))
+    terms = tl.where(mask, grad_y * dy_ds, 0.0)
+    partial, index, slot_mask = tile_partials(terms, rows, cols, row_block, col_block, n_rows, n_cols,
+                                              BLOCK_C, STEP_MODE)
+    if FINAL:
+        finish_step_grad(grad_step_ptr, step_ptr, index, partial, grad_scale, slot_mask)
+    else:
+        tl.store(partial_ptr + index, partial, mask=slot_mask)
 
 
-@triton.jit
-def _sum_partials_kernel(
-    partial_ptr, step_ptr, grad_step_ptr, grad_scale: tl.float64, n_per_channel, channels, n_inner,
-    BLOCK_CH: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """grad_step[c] = g * sum of partial[o, c, i] over o and i: the same order on every run."""
-    ch = tl.program_id(0) * BLOCK_CH + tl.arange(0, BLOCK_CH)
-    ch_mask = ch < channels
-    acc = tl.zeros([BLOCK_CH, BLOCK_K], dtype=partial_ptr.dtype.element_ty)
-    for start in range(0, n_per_channel, BLOCK_K):
-        k = start + tl.arange(0, BLOCK_K)
-        outer = k // n_inner
-        offsets = (outer * channels * n_inner + (k - outer * n_inner))[None, :] + (ch * n_inner)[:, None]
-        acc += tl.load(partial_ptr + offsets, mask=ch_mask[:, None] & (k < n_per_channel)[None, :], other=0.0)
-    _finish_step_grad(grad_step_ptr, step_ptr, ch, tl.sum(acc, axis=1), grad_scale, ch_mask)
-
-
-def _launch_args(view: MatrixView, tile: Tile) -> dict:
+def launch_args(view: MatrixView, tile: Tile) -> dict:
     return dict(
         n_rows=view.rows, n_cols=view.cols, channels=view.channels,
         STEP_MODE=view.step_mode, BLOCK_R=tile.block_rows, BLOCK_C=tile.block_cols,
@@ -112,14 +99,15 @@ def _launch_args(view: MatrixView, tile: Tile) -> dict:
     )
 
 
-def _lsq_forward(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
-                 channel_axis: int | None, grad_scale: float | None = None) -> torch.Tensor:
-    return forward(x, step, qmin, qmax, channel_axis)
+def _lsq_forward(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, channel_axis: int | None,
+                 grad_scale: float | None = None, soft_round_k: float | None = None) -> torch.Tensor:
+    return forward(x, step, qmin, qmax, channel_axis)  # the soft round changes the backward only
 
 
 def _lsq_backward(grad_y: torch.Tensor, x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
-                  channel_axis: int | None, grad_scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return backward(grad_y, x, step, qmin, qmax, channel_axis, grad_scale)
+                  channel_axis: int | None, grad_scale: float | None,
+                  soft_round_k: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    return backward(grad_y, x, step, qmin, qmax, channel_axis, grad_scale, soft_round_k)
 
 
 def forward(x, step, qmin, qmax, channel_axis, tile_for: Callable[[MatrixView], Tile] = pick_tile):
@@ -133,15 +121,40 @@ def forward(x, step, qmin, qmax, channel_axis, tile_for: Callable[[MatrixView], 
     view = matrix_view(x, channel_axis)
     tile = tile_for(view)
     launch(_lsq_forward_kernel, tile.programs)(
-        x, y, step.contiguous(), qmin=qmin, qmax=qmax, **_launch_args(view, tile))
+        x, y, step.contiguous(), qmin=qmin, qmax=qmax, **launch_args(view, tile))
     return y
 
 
-def backward(grad_y, x, step, qmin, qmax, channel_axis, grad_scale,
+def soft_round_args(soft_round_k: float | None) -> dict:
+    """The backward kernel's soft-round arguments: SOFT_ROUND off for the straight-through round,
+    else k and c = k / (2 atan(k/2)), c computed here in float64 (as every backend does)."""
+    if soft_round_k is None:
+        return dict(soft_round_k=0.0, soft_round_c=0.0, SOFT_ROUND=False)
+    k = check_sharpness(soft_round_k)
+    return dict(soft_round_k=k, soft_round_c=k / (2.0 * math.atan(k / 2.0)), SOFT_ROUND=True)
+
+
+def partials_dtype(x: torch.Tensor) -> torch.dtype:
+    """Partials are accumulated in the math dtype: float32, float64 for float64 x."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def sum_partials(partials, step, grad_step, grad_offset, grad_scale, outer, channels, inner):
+    """The backward's second launch (tile_math.sum_partials_kernel): grad_step (and LSQ+'s
+    grad_offset, where given) from partials [terms][outer, C, inner], in a fixed order."""
+    block_ch, block_k = sum_blocks(channels, outer * inner)
+    launch(sum_partials_kernel, triton.cdiv(channels, block_ch))(
+        partials, step, grad_step, grad_step if grad_offset is None else grad_offset, grad_scale,
+        outer * inner, channels, inner, BLOCK_CH=block_ch, BLOCK_K=block_k, OFFSET=grad_offset is not None,
+        num_warps=4)
+
+
+def backward(grad_y, x, step, qmin, qmax, channel_axis, grad_scale, soft_round_k=None,
              tile_for: Callable[[MatrixView], Tile] = pick_tile):
     """The backward op's body: (grad_x, grad_step)."""
     channel_axis = check_op_args(x, step, qmin, qmax, channel_axis)
     check_grad_like(grad_y, x)
+    round_args = soft_round_args(soft_round_k)
     x = dense(x)
     grad_y = like(grad_y, x)
     grad_x = torch.empty_like(x)
@@ -155,24 +168,20 @@ def backward(grad_y, x, step, qmin, qmax, channel_axis, grad_scale,
     grad_step = torch.empty_like(step)
     outer, channels, inner = partials_shape(view, tile)
     final = outer * inner == 1
-    partials = grad_step if final else torch.empty(outer * channels * inner, device=x.device, dtype=step.dtype)
+    partials = grad_step if final else torch.empty(outer * channels * inner, device=x.device, dtype=partials_dtype(x))
     launch(_lsq_backward_kernel, tile.programs)(
         grad_y, x, step, grad_x, partials, grad_step, grad_scale,
-        qmin=qmin, qmax=qmax, FINAL=final, **_launch_args(view, tile))
+        qmin=qmin, qmax=qmax, FINAL=final, **round_args, **launch_args(view, tile))
     if not final:
-        block_ch = min(triton.next_power_of_2(channels), 32)
-        block_k = min(triton.next_power_of_2(outer * inner), max(16, 2048 // block_ch))
-        launch(_sum_partials_kernel, triton.cdiv(channels, block_ch))(
-            partials, step, grad_step, grad_scale, outer * inner, channels, inner,
-            BLOCK_CH=block_ch, BLOCK_K=block_k, num_warps=4)
+        sum_partials(partials, step, grad_step, None, grad_scale, outer, channels, inner)
     return grad_x, grad_step
 
 
-def _lsq_forward_fake(x, step, qmin, qmax, channel_axis, grad_scale=None):
+def _lsq_forward_fake(x, step, qmin, qmax, channel_axis, grad_scale=None, soft_round_k=None):
     return torch.empty_like(dense(x))
 
 
-def _lsq_backward_fake(grad_y, x, step, qmin, qmax, channel_axis, grad_scale):
+def _lsq_backward_fake(grad_y, x, step, qmin, qmax, channel_axis, grad_scale, soft_round_k=None):
     return torch.empty_like(dense(x)), torch.empty_like(step)
 
 
@@ -181,15 +190,15 @@ lsq_forward_triton = define_op("lsq_fast::lsq_forward_triton", _lsq_forward, _ls
 
 
 def _setup_context(ctx, inputs, output):
-    x, step, qmin, qmax, channel_axis, grad_scale = inputs
+    x, step, qmin, qmax, channel_axis, grad_scale, soft_round_k = inputs
     ctx.save_for_backward(x, step)
-    ctx.args = (qmin, qmax, channel_axis, grad_scale)
+    ctx.args = (qmin, qmax, channel_axis, grad_scale, soft_round_k)
 
 
 def _backward(ctx, grad_y):
     x, step = ctx.saved_tensors
     grad_x, grad_step = lsq_backward_triton(grad_y, x, step, *ctx.args)
-    return grad_x, grad_step, None, None, None, None
+    return grad_x, grad_step, None, None, None, None, None
 
 
 lsq_forward_triton.register_autograd(_backward, setup_context=_setup_context)

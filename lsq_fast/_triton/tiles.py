@@ -18,6 +18,7 @@ from triton import cdiv, next_power_of_2
 from .layout import STEP_ONE, STEP_PER_ROW, MatrixView
 
 SINGLE_PROGRAM_MAX = 4096  # up to here the whole tensor is one program (one launch)
+SMALL_PER_THREAD = 16  # elements per thread in such a program
 LARGE_TILE, LARGE_WARPS = 4096, 8
 MEDIUM_TILE, MEDIUM_WARPS = 2048, 4
 MEDIUM_MAX = 1 << 20
@@ -40,7 +41,10 @@ class Tile:
 def size_class(numel: int) -> tuple[int, int]:
     """(elements per program, warps) for a tensor of `numel` elements."""
     if numel <= SINGLE_PROGRAM_MAX:
-        return max(next_power_of_2(numel), 16), max(1, min(4, numel // 1024))
+        # Warps so that a thread holds at most SMALL_PER_THREAD elements (more spill registers
+        # in the longer backwards), a power of two as Triton requires.
+        block = max(next_power_of_2(numel), 16)
+        return block, max(1, min(MEDIUM_WARPS * 2, block // (32 * SMALL_PER_THREAD)))
     if numel <= MEDIUM_MAX:
         return MEDIUM_TILE, MEDIUM_WARPS
     return LARGE_TILE, LARGE_WARPS

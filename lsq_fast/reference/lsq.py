@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .._args import STEP_FLOOR, check_args, check_grad_scale, check_step_values, default_grad_scale, numel_per_step
-from .soft_round import arctan_roundpass, check_sharpness
+from .soft_round import arctan_roundpass, soft_round_sharpness
 
 
 def gradscale(t: torch.Tensor, scale: float) -> torch.Tensor:
@@ -77,14 +77,9 @@ def along(p: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
     return p.reshape(()) if axis is None else p.reshape([-1 if d == axis else 1 for d in range(x.dim())])
 
 
-ROUND_GRADS = ("ste", "arctan")
-
-
 def round_pass_for(round_grad: str, k: float):
     """The round of the forward pass with the backward pass `round_grad` asks for."""
-    if round_grad == "ste":
+    sharpness = soft_round_sharpness(round_grad, k)
+    if sharpness is None:
         return roundpass
-    if round_grad == "arctan":
-        k = check_sharpness(k)
-        return lambda u: arctan_roundpass(u, k)
-    raise ValueError(f"lsq_fast: round_grad must be one of {', '.join(ROUND_GRADS)}, got {round_grad!r}")
+    return lambda u: arctan_roundpass(u, sharpness)

@@ -12,18 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._args import STEP_FLOOR, check_args, check_grad_scale, check_step_values, default_grad_scale, numel_per_step
+from .._args import STEP_FLOOR, check_args, check_offset, check_grad_scale, check_step_values, default_grad_scale, numel_per_step
 from .lsq import along, gradscale, math_type, roundpass
-
-
-def check_offset(offset: torch.Tensor, step: torch.Tensor) -> None:
-    if not isinstance(offset, torch.Tensor):
-        raise TypeError("lsq_fast: offset must be a tensor")
-    if offset.shape != step.shape or offset.dtype != step.dtype or offset.device != step.device:
-        raise ValueError(
-            f"lsq_fast: offset must match step in shape, dtype and device, got offset {list(offset.shape)} "
-            f"{offset.dtype} on {offset.device} and step {list(step.shape)} {step.dtype} on {step.device}"
-        )
 
 
 def lsq_plus_quantize(

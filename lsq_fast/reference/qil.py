@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._args import FLOAT_DTYPES, STEP_FLOOR, qrange
+from .._args import STEP_FLOOR, check_qil_args, qrange
 from .lsq import math_type, roundpass
 
 Z_FLOOR = STEP_FLOOR
@@ -30,18 +30,6 @@ def qil_levels(bits: int, signed: bool) -> int:
     """q: the positive levels of the grid, 2^(b-1) - 1 for weights (b in 2..8), 2^b - 1 for
     activations (b in 1..8): LSQ's qmax, with the same rule for valid bits."""
     return qrange(bits, signed)[1]
-
-
-def _check(x: torch.Tensor, **params: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"lsq_fast: x must be a float32, float16, bfloat16 or float64 tensor, got {getattr(x, 'dtype', x)!r}")
-    for name, p in params.items():
-        if not isinstance(p, torch.Tensor) or p.numel() != 1:
-            raise ValueError(f"lsq_fast: QIL's {name} must be a tensor with one element (one per layer)")
-        if not (p.dtype == torch.float32 or (p.dtype == torch.float64 and x.dtype == torch.float64)):
-            raise TypeError(f"lsq_fast: QIL's {name} must be float32, got {p.dtype}")
-        if p.device != x.device:
-            raise ValueError(f"lsq_fast: QIL's {name} is on {p.device} but x is on {x.device}")
 
 
 def _interval(center: torch.Tensor, distance: torch.Tensor, math_dtype: torch.dtype):
@@ -66,7 +54,7 @@ def qil_quantize_weight(
 ) -> torch.Tensor:
     """Reference QIL weight quantizer: round(w_t * q) / q in w's dtype, q = 2^(bits-1) - 1."""
     q = qil_levels(bits, signed=True)
-    _check(w, center=center, distance=distance, gamma=gamma)
+    check_qil_args(w, q, True, center=center, distance=distance, gamma=gamma)
     return (roundpass(qil_transform_weight(w, center, distance, gamma) * q) / q).to(w.dtype)
 
 
@@ -80,5 +68,5 @@ def qil_transform_activation(x: torch.Tensor, center: torch.Tensor, distance: to
 def qil_quantize_activation(x: torch.Tensor, center: torch.Tensor, distance: torch.Tensor, bits: int) -> torch.Tensor:
     """Reference QIL activation quantizer: round(x_t * q) / q in x's dtype, q = 2^bits - 1."""
     q = qil_levels(bits, signed=False)
-    _check(x, center=center, distance=distance)
+    check_qil_args(x, q, False, center=center, distance=distance)
     return (roundpass(qil_transform_activation(x, center, distance) * q) / q).to(x.dtype)

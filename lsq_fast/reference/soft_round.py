@@ -30,6 +30,19 @@ def check_sharpness(k: float) -> float:
     return float(k)
 
 
+ROUND_GRADS = ("ste", "arctan")
+
+
+def soft_round_sharpness(round_grad: str, k: float) -> float | None:
+    """The round_grad/k arguments as the ops take them (soft_round_k): None for the
+    straight-through round, else the checked sharpness k."""
+    if round_grad == "ste":
+        return None
+    if round_grad == "arctan":
+        return check_sharpness(k)
+    raise ValueError(f"lsq_fast: round_grad must be one of {', '.join(ROUND_GRADS)}, got {round_grad!r}")
+
+
 def soft_round(u: torch.Tensor, k: float) -> torch.Tensor:
     """The arctangent soft round of u (a differentiable function of u)."""
     n = torch.floor(u).detach()

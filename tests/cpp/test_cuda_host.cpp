@@ -1,9 +1,9 @@
 // Host test of the CUDA backend's shared pieces, built by g++ with no CUDA and no torch: the
 // launch plan (csrc/cuda/lsq_plan.h: which kernel, pack width, grid, partials) with the index
 // helpers the kernels use, and the per-element arithmetic (csrc/cuda/lsq_math.cuh) that the
-// kernels compile for the device. What the device build changes (intrinsics for division,
-// multiply and rint) is checked in CI on the PTX (tests/test_cuda_codegen.py) and on a GPU
-// by the Python contract suite.
+// kernels compile for the device, the arctan soft-round backward (LG-LSQ) included. What the
+// device build changes (intrinsics for division, multiply, rint and floor) is checked in CI on
+// the PTX (tests/test_cuda_codegen.py) and on a GPU by the Python contract suite.
 //
 // Built and run by CMake (`make ctest`).
 #include <cmath>
@@ -188,10 +188,131 @@ void test_element_math() {
   EXPECT(all_same);
 }
 
+// LG-LSQ's arctangent soft round in the backward (spec section 4; the project's reading of the
+// paper's abstract, not a transcription of its equations). The formula, written plainly: inside
+// (qmin, qmax), f = u - floor(u), t = k (f - 1/2), slope = c / (1 + t^2), c = k / (2 atan(k/2)),
+// grad_x = grad_y * slope, dy/ds = round(u) - u * slope; at and beyond the clip points as STE.
+template <typename M>
+M plain_soft_backward(M qmin, M qmax, M k, M c, M x, M grad_y, M s, M& grad_x) {
+  const M u = x / s;
+  if (u <= qmin) {
+    grad_x = 0;
+    return grad_y * qmin;
+  }
+  if (u >= qmax) {
+    grad_x = 0;
+    return grad_y * qmax;
+  }
+  const M f = u - std::floor(u);
+  const M t = k * (f - M(0.5));
+  const M slope = c / (1 + t * t);
+  grad_x = grad_y * slope;
+  return grad_y * (std::nearbyint(u) - u * slope);
+}
+
+// The soft round itself, in float64: n + 1/2 + atan(k (f - 1/2)) / (2 atan(k/2)).
+double soft_round(double u, double k) {
+  const double n = std::floor(u);
+  return n + 0.5 + std::atan(k * (u - n - 0.5)) / (2 * std::atan(k / 2));
+}
+
+template <typename M>
+bool same_bits(M a, M b) {
+  return std::memcmp(&a, &b, sizeof a) == 0;
+}
+
+template <typename M>
+void expect_soft_matches_plain(M qmin, M qmax, double k, unsigned seed) {
+  const M km = static_cast<M>(k);
+  const M c = static_cast<M>(soft_round_scale(k));
+  const Quantizer<M> q{qmin, qmax};
+  const ArctanRound<M> r{km, c};
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  bool all_same = true;
+  for (int i = 0; i < 100000; ++i) {
+    const M step = static_cast<M>(std::ldexp(1.0 + (rng() % 1000) / 1000.0, -static_cast<int>(rng() % 12)));
+    const M x = static_cast<M>(normal(rng) * step * (qmax - qmin) * 0.4);
+    const M gy = static_cast<M>(normal(rng));
+    M gx = -1, gx_plain = -2;
+    const M dyds = q.backward(x, gy, step, r, gx);
+    const M dyds_plain = plain_soft_backward(qmin, qmax, km, c, x, gy, step, gx_plain);
+    all_same &= same_bits(dyds, dyds_plain) && same_bits(gx, gx_plain);
+  }
+  EXPECT(all_same);
+}
+
+void test_soft_round_math() {
+  // c = k / (2 atan(k/2)), in float64; 1 below k = 1e-8 (a subnormal k included, whose k/2
+  // would round), where the formula's value is 1 to float64 precision.
+  for (double k : {1e-8, 1e-3, 0.5, 1.0, 4.0, 10.0, 100.0, 1e6})
+    EXPECT(soft_round_scale(k) == k / (2 * std::atan(k / 2)));
+  EXPECT(soft_round_scale(1e-9) == 1.0 && soft_round_scale(1e-300) == 1.0);
+  EXPECT(soft_round_scale(4.9406564584124654e-324) == 1.0);
+  EXPECT(std::fabs(soft_round_scale(1e-7) - 1.0) < 1e-15);
+
+  // The slope is the soft round's derivative (a central difference in float64), largest at the
+  // half-integers (c) and smallest, never zero, at the integers (c / (1 + k^2/4)); over a unit
+  // interval it integrates to exactly 1, the soft round's rise (Simpson's rule).
+  for (double k : {0.25, 1.0, 4.0, 12.0}) {
+    const ArctanRound<double> r{k, soft_round_scale(k)};
+    bool derivative_ok = true;
+    for (double u = -3.9; u < 4.0; u += 0.0625) {
+      const double h = 1e-6;
+      const double fd = (soft_round(u + h, k) - soft_round(u - h, k)) / (2 * h);
+      derivative_ok &= std::fabs(fd - r.slope(u)) < 1e-6 * (1 + fd);
+    }
+    EXPECT(derivative_ok);
+    EXPECT(r.slope(2.5) == r.c && r.slope(-1.5) == r.c);
+    EXPECT(r.slope(3.0) == r.c / (1 + k * k / 4) && r.slope(3.0) > 0);
+    double integral = 0;
+    const int n = 2000;
+    for (int i = 0; i <= n; ++i) {
+      const double w = i == 0 || i == n ? 1 : (i % 2 ? 4 : 2);
+      integral += w * r.slope(1.0 + static_cast<double>(i) / n);  // slope(2) is the limit at f -> 1
+    }
+    integral /= 3 * n;
+    EXPECT(std::fabs(integral - 1) < 1e-9);
+  }
+  // k -> 0: the straight-through slope 1.
+  EXPECT(std::fabs(ArctanRound<double>{1e-4, soft_round_scale(1e-4)}.slope(0.5) - 1) < 1e-8);
+
+  // The kernels' backward against the plain formula, bit for bit (float32 and float64, signed
+  // and unsigned grids): the same IEEE operations, each rounded once.
+  expect_soft_matches_plain<float>(-8.0f, 7.0f, 4.0, 7);
+  expect_soft_matches_plain<float>(0.0f, 3.0f, 10.0, 8);
+  expect_soft_matches_plain<float>(-128.0f, 127.0f, 0.7, 9);
+  expect_soft_matches_plain<double>(-8.0, 7.0, 4.0, 10);
+  expect_soft_matches_plain<double>(0.0, 255.0, 25.0, 11);
+
+  // Hand-checked values, k = 4 on the signed 4-bit grid, s = 0.25.
+  const Quantizer<float> q{-8.0f, 7.0f};
+  const float c = static_cast<float>(soft_round_scale(4.0));  // 2 / atan(2) = 1.80644...
+  const ArctanRound<float> r{4.0f, c};
+  EXPECT(std::fabs(c - 1.8064421f) < 1e-6f);
+  float gx = -1.0f;
+  // u = 2.5 (a half-integer): slope c; dy/ds = round(2.5) - 2.5 c = 2 - 2.5 c.
+  EXPECT(q.backward(0.625f, 2.0f, 0.25f, r, gx) == 2.0f * (2.0f - 2.5f * c) && gx == 2.0f * c);
+  // u = 3 (an integer): slope c / 5; dy/ds = 3 - 3 c / 5.
+  const float at_int = c / 5.0f;
+  EXPECT(q.backward(0.75f, 1.0f, 0.25f, r, gx) == 3.0f - 3.0f * at_int && gx == at_int);
+  // Clip points and beyond as the straight-through backward: grad_x = 0, dy/ds = qmin / qmax.
+  EXPECT(q.backward(1.75f, 2.0f, 0.25f, r, gx) == 2.0f * 7.0f && gx == 0.0f);   // u == qmax
+  EXPECT(q.backward(-2.0f, 2.0f, 0.25f, r, gx) == 2.0f * -8.0f && gx == 0.0f);  // u == qmin
+  EXPECT(q.backward(9.0f, 2.0f, 0.25f, r, gx) == 2.0f * 7.0f && gx == 0.0f);
+  EXPECT(q.backward(-9.0f, 2.0f, 0.25f, r, gx) == 2.0f * -8.0f && gx == 0.0f);
+  EXPECT(q.backward(INFINITY, 2.0f, 0.25f, r, gx) == 2.0f * 7.0f && gx == 0.0f);
+  // NaN counts as inside, and its slope is NaN.
+  EXPECT(std::isnan(q.backward(NAN, 2.0f, 0.25f, r, gx)) && std::isnan(gx));
+  // A tiny negative u: f rounds to 1, whose slope is that of f = 0 (t = +-k/2).
+  EXPECT(r.slope(-1e-10f) == r.slope(0.0f));
+}
+
 }  // namespace
 
 int main() {
   test_plans();
   test_element_math();
+  test_soft_round_math();
   return lsq_fast_test::expect_summary();
 }

@@ -22,22 +22,22 @@
 namespace {
 
 using Forward = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t, std::optional<int64_t>,
-                           std::optional<double>);
+                           std::optional<double>, std::optional<double>);
 using Backward = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                      int64_t, int64_t, std::optional<int64_t>,
-                                                     std::optional<double>);
+                                                     std::optional<double>, std::optional<double>);
 
 at::Tensor forward(const at::Tensor& x, const at::Tensor& step, int64_t qmin, int64_t qmax,
                    std::optional<int64_t> axis = std::nullopt) {
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("lsq_fast::lsq_forward", "").typed<Forward>();
-  return op.call(x, step, qmin, qmax, axis, std::nullopt);
+  return op.call(x, step, qmin, qmax, axis, std::nullopt, std::nullopt);
 }
 
 std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& step,
                                             int64_t qmin, int64_t qmax, std::optional<int64_t> axis,
                                             std::optional<double> grad_scale) {
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("lsq_fast::lsq_backward", "").typed<Backward>();
-  return op.call(gy, x, step, qmin, qmax, axis, grad_scale);
+  return op.call(gy, x, step, qmin, qmax, axis, grad_scale, std::nullopt);
 }
 
 std::string cpu_isa() {

@@ -1,0 +1,108 @@
+"""torch.compile of the LSQ family beyond plain LSQ: LSQ+ (learned offset), QIL (weights with
+gamma, activations) and LSQ's arctan soft-round backward, on each fused backend. One graph
+(fullgraph), forward and backward, with the numbers of eager mode: the forward to the bit,
+every gradient equal.
+
+Under Triton's CPU interpreter the Triton ops are opaque custom ops (see
+lsq_fast/_triton/registration.py); on a GPU they are triton_ops that torch.compile traces into.
+As in tests/test_op_registration.py."""
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+from torch._dynamo.utils import counters
+
+import lsq_fast
+from lsq_oracle import assert_same_bits, make_step, make_x
+
+SHAPE = (4, 8, 6, 6)
+FORWARD_OP = {"lsq_plus": "lsq_plus_forward", "lsq_plus_per_channel": "lsq_plus_forward", "qil_weight": "qil_forward",
+              "qil_activation": "qil_forward", "lsq_arctan": "lsq_forward", "lsq_arctan_per_channel": "lsq_forward"}
+QUANTIZERS = list(FORWARD_OP)
+K = 3.0  # the arctan soft round's sharpness
+
+
+def family(impl, name):
+    if impl.backend == "cuda" and not name.startswith("lsq_arctan"):
+        pytest.skip("LSQ+ and QIL have no CUDA C++ kernels (backend='triton' runs them on CUDA tensors)")
+    return impl
+
+
+def case(name, impl):
+    """(fn, inputs): a function of leaf tensors that calls the quantizer on impl's backend, and
+    its float32 inputs on impl's device (x first)."""
+    backend = impl.backend
+    if name.startswith("lsq_plus"):
+        axis = 1 if name.endswith("per_channel") else None
+        step = make_step(1 if axis is None else SHAPE[1])
+        offset = torch.randn(step.shape) * 0.1
+        x = make_x(SHAPE, step, 4, False, axis) + (offset if axis is None else offset[:, None, None])
+
+        def fn(x, step, offset):
+            return lsq_fast.lsq_plus_quantize(x, step, offset, 4, channel_axis=axis, backend=backend)
+
+        inputs = (x, step, offset)
+    elif name == "qil_weight":
+        def fn(w, center, distance, gamma):
+            return lsq_fast.qil_quantize_weight(w, center, distance, gamma, 4, backend=backend)
+
+        inputs = (torch.randn(SHAPE) * 0.5, torch.tensor([0.4]), torch.tensor([0.3]), torch.tensor([0.8]))
+    elif name == "qil_activation":
+        def fn(x, center, distance):
+            return lsq_fast.qil_quantize_activation(x, center, distance, 3, backend=backend)
+
+        inputs = (torch.randn(SHAPE), torch.tensor([0.6]), torch.tensor([0.5]))
+    else:
+        axis = 1 if name.endswith("per_channel") else None
+        step = make_step(1 if axis is None else SHAPE[1])
+
+        def fn(x, step):
+            return lsq_fast.lsq_quantize(x, step, 4, channel_axis=axis, round_grad="arctan", k=K, backend=backend)
+
+        inputs = (make_x(SHAPE, step, 4, True, axis), step)
+    return fn, tuple(impl.put(t) for t in inputs)
+
+
+def run(fn, inputs, grad_y):
+    """(y, grads of every input) of fn on fresh leaves."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    y = fn(*leaves)
+    return y.detach(), torch.autograd.grad(y, leaves, grad_y)
+
+
+@pytest.mark.parametrize("name", QUANTIZERS)
+def test_torch_compile_fullgraph_matches_eager(impl, seed, name):
+    family(impl, name)
+    torch._dynamo.reset()
+    fn, inputs = case(name, impl)
+    grad_y = impl.put(torch.randn(SHAPE))
+    compiled = torch.compile(fn, fullgraph=True, backend="inductor")
+    y, grads = run(compiled, inputs, grad_y)
+    y_eager, grads_eager = run(fn, inputs, grad_y)
+    assert_same_bits(y.cpu(), y_eager.cpu())
+    assert len(grads) == len(inputs)
+    for i, (got, want) in enumerate(zip(grads, grads_eager)):
+        assert got.shape == want.shape and got.dtype == want.dtype, i
+        assert_same_bits(got.cpu(), want.cpu())
+    assert all(g.abs().sum() > 0 for g in grads)  # not a vacuous check
+
+
+@pytest.mark.parametrize("name", QUANTIZERS)
+def test_no_graph_breaks(impl, seed, name):
+    """Without fullgraph: one frame, one graph, no break, forward and backward."""
+    family(impl, name)
+    torch._dynamo.reset()
+    counters.clear()
+    fn, inputs = case(name, impl)
+    counter = CompileCounterWithBackend("aot_eager")
+    y, _ = run(torch.compile(fn, backend=counter), inputs, torch.ones(SHAPE, device=impl.device))
+    assert counter.frame_count == 1 and len(counter.graphs) == 1, counter.graphs
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert y.shape == SHAPE
+    # the graph calls the backend's fused op (not the reference's PyTorch operations), with the soft round's k
+    op = f"lsq_fast.{FORWARD_OP[name]}" + ("_triton" if impl.backend == "triton" else "")
+    targets = [(n, str(n.target).removesuffix(".default")) for n in counter.graphs[0].graph.nodes]
+    calls = [n for n, target in targets if n.op == "call_function" and target == op]
+    assert len(calls) == 1, [target for _, target in targets]
+    if name.startswith("lsq_arctan"):
+        assert calls[0].args[-1] == K, calls[0].args

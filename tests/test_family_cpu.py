@@ -1,0 +1,86 @@
+"""What only the CPU kernels of LSQ's relatives promise beyond the reference comparisons
+(tests/test_family_kernels.py): parameter gradients with the same bits for any thread count,
+reduced in float32 lanes folded into float64 to within the spec's bound of an exact sum, and
+bad parameter values caught where reading them is free."""
+
+import pytest
+import torch
+
+import lsq_fast
+
+OPS = torch.ops.lsq_fast
+
+
+def lsq_plus_backward(grad_y, x, axis, soft=None):
+    channels = 1 if axis is None else x.shape[axis]
+    step = torch.rand(channels) * 0.2 + 0.05
+    offset = -torch.rand(channels) * 0.5
+    return OPS.lsq_plus_backward(grad_y, x, step, offset, 0, 15, axis, None)
+
+
+def qil_backward(grad_y, x, weight):
+    c, d = torch.tensor([0.9]), torch.tensor([0.7])
+    gamma = torch.tensor([0.8]) if weight else None
+    return OPS.qil_backward(grad_y, x, c, d, gamma, 7 if weight else 15, weight)
+
+
+def soft_lsq_backward(grad_y, x, axis):
+    channels = 1 if axis is None else x.shape[axis]
+    return OPS.lsq_backward(grad_y, x, torch.rand(channels) * 0.2 + 0.05, -8, 7, axis, None, 3.0)
+
+
+CALLS = {
+    "lsq+ per-tensor": lambda gy, x: lsq_plus_backward(gy, x, None),
+    "lsq+ per-channel (channels_last)": lambda gy, x: lsq_plus_backward(gy, x, 1),
+    "lsq arctan per-channel": lambda gy, x: soft_lsq_backward(gy, x, 1),
+    "qil weight": lambda gy, x: qil_backward(gy, x, True),
+    "qil activation": lambda gy, x: qil_backward(gy, x, False),
+}
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_thread_count_independent(seed, name):
+    x = torch.randn(6, 64, 30, 30).contiguous(memory_format=torch.channels_last)
+    grad_y = torch.randn_like(x)
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (threads, 1, threads):
+            torch.set_num_threads(n)
+            torch.manual_seed(1)  # the same parameters every time
+            outs.append(CALLS[name](grad_y, x))
+    finally:
+        torch.set_num_threads(threads)
+    for out in outs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(out, outs[0]))
+
+
+def test_parameter_sums_are_accurate_on_a_large_tensor(seed):
+    """2^22 terms: float32 lanes folded into float64 every 64 terms keep the error far below
+    a plain float32 running sum's; compare with the float64 kernels on the same values."""
+    x = torch.randn(1 << 22) * 2
+    grad_y = torch.randn_like(x)
+    step, offset = torch.tensor([0.3]), torch.tensor([-1.0])
+    _, gs, gb = OPS.lsq_plus_backward(grad_y, x, step, offset, 0, 7, None, 1.0)
+    _, gs64, gb64 = OPS.lsq_plus_backward(grad_y.double(), x.double(), step.double(), offset.double(), 0, 7, None, 1.0)
+    scale = (grad_y.double().abs() * 7).sum()  # a bound on sum |terms|
+    assert abs(gs.double() - gs64).item() <= 4e-6 * scale
+    assert abs(gb.double() - gb64).item() <= 4e-6 * scale
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, float("nan"), float("inf")])
+def test_lsq_plus_bad_step_is_an_error_on_cpu(bad):
+    with pytest.raises(ValueError, match="step must be positive and finite"):
+        lsq_fast.lsq_plus_quantize(torch.randn(8), torch.tensor([bad]), torch.tensor([0.0]), 4)
+
+
+def test_qil_distance_at_the_floor_passes_no_gradient():
+    """d <= 0 is clamped to 2^-126 inside (no host check needed: the kernels never divide by 0),
+    and, as the reference's clamp_min, passes it no gradient."""
+    w = torch.randn(100, requires_grad=True)
+    c, d, gamma = (torch.tensor([v], requires_grad=True) for v in (0.5, -1.0, 0.9))
+    y = lsq_fast.qil_quantize_weight(w, c, d, gamma, 4)
+    y_ref = lsq_fast.reference.qil_quantize_weight(w, c, d, gamma, 4)
+    assert torch.equal(y, y_ref)
+    grads = torch.autograd.grad(y.sum(), (w, c, d, gamma))
+    assert grads[2].item() == 0.0 and all(torch.isfinite(g).all() for g in grads)
