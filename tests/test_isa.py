@@ -70,7 +70,9 @@ def test_instruction_sets_agree(tmp_path, seed):
         for key, (y, gx, gs) in out.items():
             if key[2:] == ("qil", False):  # gamma != 1: each build's pow
                 assert (y != base[key][0]).float().mean() < 1e-3, f"{isa} forward differs from default on {key}"
-                torch.testing.assert_close(gx, base[key][1], rtol=1e-5, atol=1e-6)
+                # a last-bit difference in float32 can move a float16/bfloat16 grad_x by one ulp
+                rtol = max(1e-5, 2 * torch.finfo(gx.dtype).eps)
+                torch.testing.assert_close(gx, base[key][1], rtol=rtol, atol=1e-6)
             else:
                 assert torch.equal(y, base[key][0]), f"{isa} forward differs from default on {key}"
                 assert torch.equal(gx, base[key][1]), f"{isa} grad_x differs from default on {key}"
