@@ -42,14 +42,20 @@ at::Tensor gradient_like(const std::vector<double>& g, const at::Tensor& param) 
   return out.to(param.scalar_type()).view(param.sizes());
 }
 
-// The kernels over a dense x; `params` are tensors in the math type, one pointer each (an
-// undefined tensor passes a null array, which reads as ones).
+// The kernels' parameter arrays: tensors in the math type, one pointer each (an undefined
+// tensor passes a null array, which reads as ones).
+std::vector<const void*> raw_params(const std::vector<at::Tensor>& params) {
+  std::vector<const void*> raw;
+  for (const at::Tensor& p : params) raw.push_back(p.defined() ? p.const_data_ptr() : nullptr);
+  return raw;
+}
+
+// The kernels over a dense x.
 at::Tensor run_forward(const cpu::MethodArgs& args, const at::Tensor& x, const std::vector<at::Tensor>& params,
                        std::optional<int64_t> axis) {
   const at::Tensor xd = dense(x);
   at::Tensor y = at::empty_like(xd);
-  std::vector<const void*> raw;
-  for (const at::Tensor& p : params) raw.push_back(p.defined() ? p.const_data_ptr() : nullptr);
+  const std::vector<const void*> raw = raw_params(params);
   cpu::kernels().forward(xd.scalar_type(), args, xd.const_data_ptr(), raw.data(), y.mutable_data_ptr(),
                          memory_layout(xd, axis));
   return y;
@@ -63,8 +69,7 @@ std::pair<at::Tensor, std::vector<double>> run_backward(const cpu::MethodArgs& a
   const at::Tensor xd = dense(x);
   const at::Tensor gy = same_layout(grad_y, xd);
   at::Tensor grad_x = at::empty_like(xd);
-  std::vector<const void*> raw;
-  for (const at::Tensor& p : params) raw.push_back(p.defined() ? p.const_data_ptr() : nullptr);
+  const std::vector<const void*> raw = raw_params(params);
   std::vector<double> sums(cpu::method_terms(args.method) * channels, 0.0);
   cpu::kernels().backward(xd.scalar_type(), args, gy.const_data_ptr(), xd.const_data_ptr(), raw.data(),
                           grad_x.mutable_data_ptr(), sums.data(), memory_layout(xd, axis));

@@ -12,7 +12,6 @@ approximate divide), round half to even, strict clip points, float32 math (float
 float64 x), and a float32 forward bit-identical to the reference.
 """
 
-import math
 from typing import Callable
 
 import torch
@@ -20,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .._args import check_grad_like, check_op_args, check_step_values, grad_scale_for_qmax
-from ..reference.soft_round import check_sharpness
+from ..reference.soft_round import check_sharpness, soft_round_scale
 from .layout import MatrixView, dense, like, matrix_view
 from .registration import define_op, launch
 from .tile_math import (
@@ -127,11 +126,11 @@ def forward(x, step, qmin, qmax, channel_axis, tile_for: Callable[[MatrixView], 
 
 def soft_round_args(soft_round_k: float | None) -> dict:
     """The backward kernel's soft-round arguments: SOFT_ROUND off for the straight-through round,
-    else k and c = k / (2 atan(k/2)), c computed here in float64 (as every backend does)."""
+    else k and c = soft_round_scale(k) in float64 (as every backend does)."""
     if soft_round_k is None:
         return dict(soft_round_k=0.0, soft_round_c=0.0, SOFT_ROUND=False)
     k = check_sharpness(soft_round_k)
-    return dict(soft_round_k=k, soft_round_c=k / (2.0 * math.atan(k / 2.0)), SOFT_ROUND=True)
+    return dict(soft_round_k=k, soft_round_c=soft_round_scale(k), SOFT_ROUND=True)
 
 
 def partials_dtype(x: torch.Tensor) -> torch.dtype:

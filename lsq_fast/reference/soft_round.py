@@ -49,10 +49,17 @@ def soft_round(u: torch.Tensor, k: float) -> torch.Tensor:
     return n + 0.5 + torch.atan(k * (u - n - 0.5)) / (2 * math.atan(k / 2))
 
 
+def soft_round_scale(k: float) -> float:
+    """The slope's constant c = k / (2 atan(k/2)), the host-side value every fused kernel is
+    handed (the Python twin of soft_round_scale in csrc/lsq_layout.h). Below k = 1e-8 it is 1 to
+    float64 precision: taken as exactly 1, so that a subnormal k cannot give a wrong or infinite c."""
+    return 1.0 if k < 1e-8 else k / (2.0 * math.atan(k / 2.0))
+
+
 def soft_round_slope(u: torch.Tensor, k: float) -> torch.Tensor:
     """d soft(u) / du, written out: what a fused kernel computes in place of 1."""
     f = u - torch.floor(u)
-    return k / (2 * math.atan(k / 2) * (1 + (k * (f - 0.5)) ** 2))
+    return soft_round_scale(k) / (1 + (k * (f - 0.5)) ** 2)
 
 
 def arctan_roundpass(u: torch.Tensor, k: float) -> torch.Tensor:
