@@ -12,7 +12,18 @@ SOURCES := setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h csrc/
 INSTALLED := $(VENV)/.lsq_fast-installed
 JOBS ?= 2
 
-.PHONY: help install test bench bench-pytest ctest clean
+# The CUDA-build leg of CI, no GPU needed: torch's CUDA build in a venv of its own; lsq_fast built
+# from a copy of the tree with its CUDA kernels, by the machine's nvcc (found through its wrapper:
+# no CUDA_HOME) for setup.py's default architectures; then, against the installed package, the
+# kernel registrations (tests/test_build.py) and the CPU and Triton-interpreter contract suite on
+# that torch and the Triton it brings.
+CUDA_VENV ?= .venv-cuda
+CUDA_PY := $(CUDA_VENV)/bin/python
+CUDA_TORCH_SPEC ?= torch==2.14.1
+CUDA_SRC := build-cuda/src
+CUDA_TESTS ?= test_build.py test_lsq_contract.py test_family_kernels.py test_op_registration.py test_errors.py
+
+.PHONY: help install test bench bench-pytest ctest check-cuda-build clean
 
 help:
 	@echo "make test    set up $(VENV), build lsq_fast, run the test suite"
@@ -20,6 +31,7 @@ help:
 	@echo "             BENCH_ARGS='--gpu' for the GPU-sized run; results in benchmarks/results/local/"
 	@echo "make bench-pytest  the kernel benchmark as a pytest-benchmark suite"
 	@echo "make ctest   build the C++ library with CMake and run its C++ test"
+	@echo "make check-cuda-build  build with the CUDA kernels against $(CUDA_TORCH_SPEC) (CUDA build) in $(CUDA_VENV), test it"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,5 +60,17 @@ ctest: $(INSTALLED)
 	cmake --build build-cmake -j $(JOBS)
 	cd build-cmake && ctest --output-on-failure
 
+$(CUDA_PY):
+	$(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_PY) -m pip install --quiet --upgrade pip setuptools wheel
+
+check-cuda-build: $(CUDA_PY)
+	$(CUDA_PY) -m pip install --quiet "$(CUDA_TORCH_SPEC)" ninja "pytest>=8" numpy
+	rm -rf build-cuda && mkdir -p $(CUDA_SRC)
+	git ls-files -z --cached --others --exclude-standard | tar -c --null --ignore-failed-read -T - | tar -x -C $(CUDA_SRC)
+	cd $(CUDA_SRC) && env -u CUDA_HOME -u CUDA_PATH -u TORCH_CUDA_ARCH_LIST MAX_JOBS=$(JOBS) \
+		$(abspath $(CUDA_PY)) -m pip install --quiet --no-build-isolation --no-deps --force-reinstall .
+	cd tests && LSQ_FAST_EXPECT_CUDA=1 $(abspath $(CUDA_PY)) -m pytest -q -p no:cacheprovider $(CUDA_TESTS)
+
 clean:
-	rm -rf build build-cmake *.egg-info lsq_fast/*.so
+	rm -rf build build-cmake build-cuda *.egg-info lsq_fast/*.so

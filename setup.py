@@ -5,42 +5,77 @@ build would fetch a second torch. The library registers its ops with the dispatc
 is loaded (``lsq_fast/_ops.py`` loads it through ``torch.ops.load_library``); it has no
 Python module of its own.
 
+Where torch is a CUDA build, the CUDA kernels are built too, with the toolkit that
+tools/torch_toolchain.py finds (CUDA_HOME, else the toolkit of the nvcc on PATH, through links
+and wrapper scripts, else /usr/local/cuda); a missing toolkit, missing headers or a CUDA major
+other than torch's stop the build with a message that says how to proceed.
+
+The C++ standard is torch's, which BuildExtension adds for g++ and nvcc alike (C++17 in torch
+2.11, C++20 from 2.13, whose headers need it); the sources compile under both.
+
 Environment:
   LSQ_FAST_NO_CUDA=1        build the CPU kernels only, even where torch has CUDA.
+  CUDA_HOME=...             the CUDA toolkit to build with (found automatically otherwise).
   TORCH_CUDA_ARCH_LIST=...  CUDA architectures (default below; never probed from a visible GPU).
 """
 
 import glob
+import importlib.util
 import os
+import sys
 
 from setuptools import find_packages, setup
 
 import torch
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+import torch.utils.cpp_extension as cpp_extension
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CUDA_ARCHS = "8.0;9.0"  # A100 and H100/H200: what the project measures on.
-# Beside torch's own nvcc flags (cpp_extension.COMMON_NVCC_FLAGS). Never -use_fast_math: the
-# kernels' IEEE division and rounding are spelled as intrinsics, but subnormals must be kept.
-# tests/cuda_codegen.py compiles the kernels with these same flags to check their registers.
-NVCC_FLAGS = ["-O3", "-std=c++17", "-lineinfo"]  # -lineinfo: compute-sanitizer names source lines
+# A100 and H100/H200, what the project measures on, as machine code; and sm_90's PTX, which the
+# driver JIT-compiles on any newer GPU (Blackwell's sm_100/sm_120), so that the first
+# backend="cuda" call there runs instead of failing with "no kernel image is available".
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+# Beside torch's own nvcc flags (cpp_extension.COMMON_NVCC_FLAGS) and its -std. Never
+# -use_fast_math: the kernels' IEEE division and rounding are spelled as intrinsics, but
+# subnormals must be kept. tests/cuda_codegen.py compiles the kernels with these same flags.
+NVCC_FLAGS = ["-O3", "-lineinfo"]  # -lineinfo: compute-sanitizer names source lines
 
 
 def sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def load_toolchain():
+    """tools/torch_toolchain.py, by path: pip runs this file with no guarantee that its folder
+    is on sys.path. (Registered in sys.modules first, as its dataclass needs.)"""
+    if "lsq_fast_torch_toolchain" not in sys.modules:
+        path = os.path.join(ROOT, "tools", "torch_toolchain.py")
+        spec = importlib.util.spec_from_file_location("lsq_fast_torch_toolchain", path)
+        sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules["lsq_fast_torch_toolchain"]
+
+
 def want_cuda():
-    if os.environ.get("LSQ_FAST_NO_CUDA", "0") == "1":
+    """Whether to build the CUDA kernels: decided by torch and the toolkit, never by whether a
+    GPU happens to be visible while building. Points torch's CUDA_HOME at the toolkit found."""
+    if os.environ.get("LSQ_FAST_NO_CUDA", "0") == "1" or torch.version.cuda is None or not sources("csrc/cuda/*.cu"):
         return False
-    # Decided by the toolchain, not by whether a GPU happens to be visible while building.
-    return torch.version.cuda is not None and CUDA_HOME is not None and bool(sources("csrc/cuda/*.cu"))
+    toolchain = load_toolchain()
+    try:
+        toolkit = toolchain.find_cuda_toolkit(torch.version.cuda)
+    except toolchain.ToolkitError as err:
+        raise SystemExit(f"lsq_fast: cannot build the CUDA kernels for torch {torch.__version__}: {err}") from None
+    print(f"lsq_fast: building the CUDA kernels with the {toolkit.describe()}")
+    # cpp_extension reads its module-level CUDA_HOME (guessed at import) whenever it needs nvcc,
+    # the headers or the libraries.
+    os.environ["CUDA_HOME"] = cpp_extension.CUDA_HOME = str(toolkit.home)
+    return True
 
 
 def extension():
     cxx_flags = [
         "-O3",
-        "-std=c++17",
         "-fopenmp",  # at::parallel_for is OpenMP inline code in torch's headers
         # One rounding per operation: no fused multiply-add contraction, so every instruction
         # set computes the same per-element values (y and grad_x to the bit).

@@ -3,7 +3,7 @@ GPU and no CUDA torch needed (the kernels include no torch header), and reports 
 the compiler says and the PTX shows: registers, stack frame and spills (ptxas -v), 16-byte or
 8-byte loads and stores, IEEE divisions (div.rn) against approximate ones, round-to-nearest-even
 conversions (cvt.rni), floors (cvt.rmi: the soft-round backward's). The flags are setup.py's,
-with torch's own nvcc flags.
+with torch's own nvcc flags and C++ standard; the toolkit is the one setup.py finds.
 
     python tests/cuda_codegen.py                 # a JSON list, one object per (sm, kernel)
     python tests/cuda_codegen.py --markdown F    # also a Markdown table (benchmarks/results/)
@@ -12,11 +12,11 @@ with torch's own nvcc flags.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,30 +26,49 @@ ROOT = Path(__file__).resolve().parent.parent
 ARCHS = (80, 90)
 
 
-def nvcc() -> str | None:
-    """nvcc from CUDA_HOME, else from PATH."""
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if home and (Path(home) / "bin" / "nvcc").exists():
-        return str(Path(home) / "bin" / "nvcc")
-    return shutil.which("nvcc")
+@functools.cache
+def _setup():
+    """setup.py as a module: its NVCC_FLAGS and toolchain loader (setup() runs only as __main__)."""
+    spec = importlib.util.spec_from_file_location("lsq_fast_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def cuda_include() -> Path | None:
-    """The CUDA headers nvcc itself uses (it may be a wrapper script far from the toolkit)."""
-    done = subprocess.run([nvcc(), "-dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
-                          capture_output=True, text=True)
-    m = re.search(r'INCLUDES="-I([^"\s]+)', done.stderr + done.stdout)
-    return Path(m.group(1)).resolve() if m else None
+def toolkit():
+    """The CUDA toolkit setup.py would build with, found the same way (through nvcc wrappers),
+    for any CUDA release: the kernels include no torch header. Raises ToolkitError, which says
+    what is missing."""
+    return _setup().load_toolchain().find_cuda_toolkit(None)
 
 
-def nvcc_flags() -> list[str]:
-    """setup.py's NVCC_FLAGS after torch's COMMON_NVCC_FLAGS, as BuildExtension passes them."""
+def toolkit_error() -> type[Exception]:
+    return _setup().load_toolchain().ToolkitError
+
+
+def nvcc() -> str:
+    return str(toolkit().nvcc)
+
+
+def cuda_include() -> Path:
+    """The CUDA headers of that toolkit (cuda_runtime_api.h and the rest)."""
+    return toolkit().include
+
+
+def torch_cxx_standard() -> int:
+    """The standard torch builds extensions with, and so setup.py's build (17 or 20)."""
+    import torch
+
+    return _setup().load_toolchain().cxx_standard(Path(torch.__file__).parent)
+
+
+def nvcc_flags(std: int | None = None) -> list[str]:
+    """setup.py's NVCC_FLAGS after torch's COMMON_NVCC_FLAGS and torch's -std (or `std`), as
+    BuildExtension passes them."""
     from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
 
-    spec = importlib.util.spec_from_file_location("lsq_fast_setup", ROOT / "setup.py")
-    setup = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(setup)  # defines NVCC_FLAGS; setup() runs only as __main__
-    return list(COMMON_NVCC_FLAGS) + list(setup.NVCC_FLAGS) + ["-I", str(ROOT / "csrc")]
+    std = std or torch_cxx_standard()
+    return list(COMMON_NVCC_FLAGS) + list(_setup().NVCC_FLAGS) + [f"-std=c++{std}", "-I", str(ROOT / "csrc")]
 
 
 def demangle(names: list[str]) -> list[str]:
@@ -93,8 +112,6 @@ def ptx_counts(ptx: str) -> dict[str, dict]:
 
 def compile_all() -> list[dict]:
     compiler = nvcc()
-    if compiler is None:
-        raise RuntimeError("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
     flags = nvcc_flags()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,6 @@
 """The CUDA kernels as a GPU would run them, checked without one: every source in csrc/cuda
-compiled by the machine's nvcc for sm_80 and sm_90 with setup.py's flags (tests/cuda_codegen.py).
+compiled by the machine's nvcc for sm_80 and sm_90 with setup.py's flags and torch's C++ standard
+(tests/cuda_codegen.py), and once more, for sm_90, with the other standard.
 Every instantiation is checked: forward, straight-through backward and the arctan soft-round
 backward (LG-LSQ, spec section 4), each in every element type, pack width and kernel kind.
 No kernel may spill or keep a stack frame (local memory); the float math must be IEEE division
@@ -20,10 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _need_nvcc():
-    if cuda_codegen.nvcc() is None:
+    try:
+        cuda_codegen.toolkit()
+    except cuda_codegen.toolkit_error() as err:
         if os.environ.get("CI") == "true":
-            pytest.fail("CI needs nvcc to compile-check the CUDA kernels")
-        pytest.skip("nvcc not found")
+            pytest.fail(f"CI needs nvcc to compile-check the CUDA kernels: {err}")
+        pytest.skip(f"no CUDA toolkit: {err}")
 
 
 @pytest.fixture(scope="module")
@@ -90,21 +93,33 @@ def test_wide_kernels_move_packs(kernels):
             assert k["wide_loads"] > 0 and k["wide_stores"] > 0, k
 
 
+def test_kernels_compile_as_cxx17_and_cxx20():
+    """The build takes torch's C++ standard (17 in torch 2.11, 20 from 2.13); the fixture above
+    compiled the kernels with this torch's, so here the other one, for Hopper only."""
+    _need_nvcc()
+    other = {17: 20, 20: 17}[cuda_codegen.torch_cxx_standard()]
+    for source in sorted((ROOT / "csrc" / "cuda").glob("*.cu")):
+        done = subprocess.run([cuda_codegen.nvcc(), *cuda_codegen.nvcc_flags(std=other), "-arch=sm_90", "-c",
+                               str(source), "-o", os.devnull], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-4000:]
+
+
 def test_binding_compiles_against_torch_headers(tmp_path):
-    """csrc/cuda/lsq_cuda_ops.cpp, as BuildExtension would compile it, syntax only: the CPU
+    """csrc/cuda/lsq_cuda_ops.cpp, as BuildExtension would compile it (torch's C++ standard),
+    syntax only: the CPU
     wheel ships c10/cuda's headers but not the one CMake generates, stubbed here."""
     _need_nvcc()
     from torch.utils.cpp_extension import include_paths
 
     cuda_include = cuda_codegen.cuda_include()
-    assert cuda_include is not None and (cuda_include / "cuda_runtime_api.h").exists(), cuda_include
+    assert (cuda_include / "cuda_runtime_api.h").exists(), cuda_include
     stub = tmp_path / "c10" / "cuda" / "impl"
     stub.mkdir(parents=True)
     (stub / "cuda_cmake_macros.h").write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     includes = [f"-isystem{p}" for p in include_paths()] + [f"-isystem{cuda_include}", f"-isystem{tmp_path}"]
     done = subprocess.run(
-        [compiler, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", f"-I{ROOT / 'csrc'}", *includes,
+        [compiler, f"-std=c++{cuda_codegen.torch_cxx_standard()}", "-fsyntax-only", "-Wall", "-Werror", f"-I{ROOT / 'csrc'}", *includes,
          str(ROOT / "csrc" / "cuda" / "lsq_cuda_ops.cpp")],
         capture_output=True, text=True,
     )
