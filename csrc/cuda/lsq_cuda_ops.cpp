@@ -13,8 +13,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <array>
-#include <atomic>
 #include <cstdint>
 #include <optional>
 
@@ -40,21 +38,11 @@ bool aligned16(std::initializer_list<const at::Tensor*> tensors) {
   return true;
 }
 
-// The multiprocessor count of a device, asked of the driver once per device (no sync).
-int multiprocessors(c10::DeviceIndex device) {
-  static std::array<std::atomic<int>, C10_COMPILE_TIME_MAX_GPUS> cache{};
-  int count = cache[device].load(std::memory_order_relaxed);
-  if (count == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-    cache[device].store(count, std::memory_order_relaxed);
-  }
-  return count;
-}
-
+// The plan takes nothing from the device (not its multiprocessor count): the same partition,
+// and the same step-gradient bits, on every GPU and MIG slice (lsq_plan.h).
 cuda::Plan plan_for(const at::Tensor& dense_x, std::optional<int64_t> axis, bool aligned, bool backward) {
-  const int sms = multiprocessors(dense_x.device().index());
   const cuda::Plan plan = cuda::make_plan(memory_layout(dense_x, axis), static_cast<int>(dense_x.element_size()),
-                                          aligned, sms, backward);
+                                          aligned, backward);
   TORCH_CHECK_VALUE(plan.grid_y > 0, "lsq_fast: too many channels for the CUDA kernels (",
                     dense_x.numel(), " elements in runs of fewer than ", cuda::kMinRowRun, ")");
   return plan;

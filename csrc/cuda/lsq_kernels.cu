@@ -5,8 +5,9 @@
 // Memory: 16-byte loads and stores (4 float32, 8 half/bfloat16, 2 float64) where every
 // pointer is aligned and rows do not straddle a vector, else element by element; kUnroll
 // accesses in flight per thread (unroll_for); 64-bit offsets throughout. Grids are sized from
-// the multiprocessor count and blocks stride over the work, so a block's share, and hence the
-// order the step gradient is summed in, is fixed for a given shape and device.
+// the shape alone (at most kGridBlocks blocks, lsq_plan.h) and blocks stride over the work, so
+// a block's share, and hence the order the step gradient is summed in, is fixed by the shape:
+// the same bits on every GPU model and MIG slice.
 //
 // The backward kernels come in two instantiations (kSoftRound): the straight-through round,
 // and LG-LSQ's arctangent soft round (lsq_math.cuh, ArctanRound: the project's reading of the
@@ -200,7 +201,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) lsq_rows_kernel(Args<T
 // Thread (tx, ty) of the block owns columns [col, col + VEC) of column block blockIdx.y for
 // the whole launch and walks rows ty, ty + ty_count, ... of each band of rows it is given.
 // Its float64 step-gradient totals live in shared memory: registers go to the loads in flight
-// and the division.
+// and the division. A final plan's block has every row of its columns: with a step per column
+// (inner == 1) a column's total is its channel's; else the block holds whole channels
+// (lsq_plan.h, cols_plan) and sums each one's columns in order.
 template <typename T, int VEC, bool kBackward, bool kSoftRound>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm) lsq_cols_kernel(Args<T> a, Plan p) {
   using M = math_t<T>;
@@ -212,8 +215,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) lsq_cols_kernel(Args<T
   const int tx = threadIdx.x % p.tx;
   const int ty = threadIdx.x / p.tx;
   const int ty_count = kThreads / p.tx;
-  const int64_t col = (static_cast<int64_t>(blockIdx.y) * p.tx + tx) * VEC;
-  const bool active = col < p.cols;  // pack-aligned: a pack is either wholly in or wholly out
+  const int64_t col = cols_col(p, blockIdx.y, tx);
+  const bool active = cols_active(p, blockIdx.y, tx);  // pack-aligned: a pack is wholly in or out
   M s[VEC];
 #pragma unroll
   for (int v = 0; v < VEC; ++v) {
@@ -252,13 +255,27 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) lsq_cols_kernel(Args<T
   if constexpr (kBackward) {
     // Column sums over the block's rows: ty = 0 adds the ty_count values of its columns in order.
     __syncthreads();
+    const bool channel_sums = p.final && p.inner > 1;  // uniform across the block
     if (ty == 0 && active) {
 #pragma unroll
       for (int v = 0; v < VEC; ++v) {
         double t = 0.0;
         for (int y = 0; y < ty_count; ++y) t += column_totals[(y * p.tx + tx) * VEC + v];
-        if (p.final) a.grad_step[col + v] = scaled_step_grad(a.step[col + v], t, a.grad_scale);
-        else a.partials[blockIdx.x * p.cols + col + v] = t;
+        if (!p.final) a.partials[blockIdx.x * p.cols + col + v] = t;
+        else if (!channel_sums) a.grad_step[col + v] = scaled_step_grad(a.step[col + v], t, a.grad_scale);
+        else column_totals[tx * VEC + v] = t;  // its ty = 0 slot, which only this thread reads:
+                                               // the block's column col + v - first column
+      }
+    }
+    if (channel_sums) {
+      // Each channel of the block: its inner columns' totals, in column order.
+      __syncthreads();
+      const int64_t first_col = cols_col(p, blockIdx.y, 0);
+      const int64_t end = cols_end_channel(p, blockIdx.y);
+      for (int64_t c = cols_first_channel(p, blockIdx.y) + threadIdx.x; c < end; c += kThreads) {
+        double t = 0.0;
+        for (int64_t j = c * p.inner; j < (c + 1) * p.inner; ++j) t += column_totals[j - first_col];
+        a.grad_step[c] = scaled_step_grad(a.step[c], t, a.grad_scale);
       }
     }
   }
@@ -302,7 +319,7 @@ cudaError_t launch(const Plan& p, const Args<T>& a, cudaStream_t stream) {
     if (wide) lsq_rows_kernel<T, kWide, kBackward, false, kSoftRound><<<grid, kThreads, 0, stream>>>(a, p);
     else lsq_rows_kernel<T, 1, kBackward, false, kSoftRound><<<grid, kThreads, 0, stream>>>(a, p);
   }
-  if (kBackward && !p.final) {
+  if (launches(p, kBackward) == 2) {
     lsq_sum_partials_kernel<math_t<T>><<<static_cast<unsigned>(p.channels), kThreads, 0, stream>>>(
         a.partials, a.step, a.grad_step, a.grad_scale, p.partial_outer, p.channels, p.partial_inner);
   }

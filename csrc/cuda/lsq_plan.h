@@ -1,23 +1,29 @@
 // How the CUDA kernels cut a tensor into work: plain C++ (no CUDA, no torch), so the host
-// binding, the kernels and a g++-built test (tests/cpp/test_cuda_plan.cpp) share one rule:
+// binding, the kernels and a g++-built test (tests/cpp/test_cuda_host.cpp) share one rule:
 // make_plan on the host, and the LSQ_HD index helpers in the kernels and the test alike.
 //
 // Two kernels cover every dense layout [outer, channels, inner] (see lsq_layout.h):
 //  - rows: memory is rows of `cols` elements with one step per row (per-tensor: one row of
 //    every element; weights on axis 0 and NCHW activations on axis 1: a row per channel run).
 //    Work items are chunks of a row; a block strides over items.
-//  - cols: short channel runs (channels_last activations, the last axis): memory is a
-//    [outer, channels * inner] matrix, column j has step j / inner. Each thread keeps the
-//    same columns for the whole launch, so it loads its steps once and sums its columns'
-//    step gradients in registers; blocks stride over bands of rows.
+//  - cols: short channel runs (channels_last activations, the last axis, weights with rows
+//    shorter than a warp): memory is a [outer, channels * inner] matrix, column j has step
+//    j / inner. Each thread keeps the same columns for the whole launch, so it loads its steps
+//    once and sums its columns' step gradients; blocks stride over bands of rows.
 //
 // The step gradient: float32 per thread within a work item (rows kernel) or per element (cols
 // kernel, into float64 totals in shared memory), folded into float64, reduced across the
 // block in a fixed order, one float64 partial per block (per-tensor), per item
 // (rows kernel, a step per row) or per block and column (cols kernel), then summed per
 // channel by a second tiny kernel in a fixed order. No atomics: the same bits on every run.
-// Where each partial already is a channel's whole sum (one block; a weight's rows, one item
-// per row), the backward writes grad_step itself and the second kernel is skipped.
+// Where a block holds a channel's whole sum, the backward writes grad_step itself and the
+// second kernel is skipped (Plan::final): a weight's rows (one item per row), a small tensor
+// (one item, or one block down every column), a weight with short rows (one row: one block
+// down each column block, the blocks cut at channel boundaries).
+//
+// The plan is a function of the shape, the element size, the pointers' alignment and the
+// direction alone, never of the device: the partition, and so the step gradient's float bits,
+// is the same on every GPU and MIG slice, as the Triton path's (lsq_fast/_triton/tiles.py).
 #pragma once
 
 #include <algorithm>
@@ -28,15 +34,40 @@
 
 namespace lsq_fast::cuda {
 
-constexpr int kThreads = 256;          // threads per block, every kernel
-constexpr int kBlocksPerSm = 4;        // a grid-stride grid holds this many blocks per multiprocessor
-constexpr int64_t kMinRowRun = 512;    // channel runs shorter than this use the cols kernel
+constexpr int kThreads = 256;    // threads per block, every kernel
+constexpr int kBlocksPerSm = 4;  // __launch_bounds__(kThreads, kBlocksPerSm): 64 registers a thread
+constexpr int64_t kMinRowRun = 512;      // channel runs shorter than this use the cols kernel
 constexpr int64_t kWholeRowMax = 16384;  // a weight's row up to this long is one work item
 constexpr int64_t kMinWeightRow = 32;    // shorter weight rows (a vector of steps) use the cols kernel
 constexpr int kMaxGridY = 65535;
 // The cols kernel's packs hold at most 4 elements (8-byte accesses for 16-bit types): each
 // thread keeps a step per element, and 8 of them with 8 IEEE divisions would spill.
 constexpr int kColsMaxVec = 4;
+
+// Grid-stride grids have at most kGridBlocks blocks, a constant rather than the device's
+// multiprocessors x kBlocksPerSm, so that the partition does not depend on the GPU. 1024
+// blocks are about two waves of an H200 or H100 SXM (132 SMs x 4 resident = 528 blocks;
+// the second wave 496), 1.7 of a B200 (148 x 4), 2.4 of an A100 (108 x 4), 16 of a 1g MIG
+// slice (16 SMs). Even the partial last wave keeps every SM busy with 3-4 blocks; one block
+// has 16 KB of float32 loads in flight (256 threads x 64 bytes, unroll_for), so two cover an
+// SM's share of an H200's bandwidth-latency product (4.8 TB/s x ~0.7 us / 132 SMs = 25 KB).
+// A 16M-element float32 per-tensor backward: 8192 items of 2048 elements, 1024 blocks of 8
+// items each (a power-of-two size splits evenly), 1024 float64 partials for one combining block.
+constexpr int64_t kGridBlocks = 1024;
+// A cols-kernel block walks at least this many rows (when there are enough for kGridBlocks
+// blocks' worth anyway): its partials, 8 bytes per column, then cost at most 1/12 of its
+// float32 traffic (8 rows x 12 bytes per column: x, grad_y, grad_x; 1/6 for 16-bit types).
+constexpr int64_t kColsMinRows = 8;
+// A tensor of up to this many bytes (8192 float32, 16384 float16/bfloat16, 4096 float64
+// elements) finishes its step gradient in the backward kernel: per-tensor, one work item
+// (one block); per-channel in the cols kernel, one block down every column. One block loads
+// about 16 KB per memory round trip, so its backward of 8192 float32 elements (64 KB of x and
+// grad_y) takes 4 round trips, ~3 us, about what the second launch it saves costs (the
+// combine kernel, its gap on the stream, and 2-4 us of host time per launch in eager mode);
+// beyond it, several blocks and a combine are faster. Triton's single program stops at 4096
+// elements (lsq_fast/_triton/tiles.py, SINGLE_PROGRAM_MAX). Estimates, not measurements: a
+// GPU's timings should set it.
+constexpr int64_t kWholeTensorBytes = 32768;
 
 // Accesses per input a thread issues before it uses any (memory-level parallelism): 64 bytes
 // per thread in flight for float32, in the forward (one input) and the backward (two), 32
@@ -64,13 +95,14 @@ struct Plan {
   int64_t items;
   // cols kernel: threads per block across columns (the rest go down rows), bands of rows
   int tx;
+  int64_t block_cols;  // columns per column block: tx * vec, or fewer to end at a channel's edge
   int64_t band_rows;  // (kThreads / tx) * unroll: each thread loads `unroll` rows of a band
   int64_t bands;
   unsigned grid_x;
   unsigned grid_y;
   // Step-gradient partials, float64, laid out [partial_outer, channels, partial_inner]:
-  // channel c sums [:, c, :]. `final`: each partial is a channel's whole sum, written as
-  // grad_step by the backward kernel itself.
+  // channel c sums [:, c, :]. `final`: the backward kernel has each channel's whole sum in
+  // one block and writes grad_step itself (no partials, no second launch).
   int64_t partial_outer;
   int64_t partial_inner;
   bool final;
@@ -92,6 +124,11 @@ constexpr int64_t next_pow2(int64_t v) {
   while (p < v) p *= 2;
   return p;
 }
+constexpr int64_t gcd(int64_t a, int64_t b) { return b == 0 ? a : gcd(b, a % b); }
+
+// Kernels one call launches: the elementwise kernel, then, in a backward whose partials are not
+// whole channels, the combine (lsq_sum_partials_kernel). The launcher asks this too.
+constexpr int launches(const Plan& p, bool backward) { return backward && !p.final ? 2 : 1; }
 
 LSQ_HD RowsItem rows_item(const Plan& p, int64_t item) {
   const int64_t row = p.per_row ? item / p.chunks_per_row : 0;
@@ -101,75 +138,131 @@ LSQ_HD RowsItem rows_item(const Plan& p, int64_t item) {
   return RowsItem{begin, begin + p.chunk < row_end ? begin + p.chunk : row_end, p.per_row ? row % p.channels : 0};
 }
 
-// The cols kernel: the step of column `col`, and the row a thread at `ty` of a block loads
-// `k`-th in band `band`.
+// The cols kernel: the step of column `col`; the first of the `vec` columns thread `tx` of
+// column block `block_y` owns, and whether it owns any (a block cut at a channel's edge leaves
+// its last threads idle; the matrix's last block may end early); the row a thread at `ty` of a
+// block loads `k`-th in band `band`.
 LSQ_HD int64_t cols_channel(const Plan& p, int64_t col) { return col / p.inner; }
+LSQ_HD int64_t cols_col(const Plan& p, int64_t block_y, int tx) {
+  return block_y * p.block_cols + static_cast<int64_t>(tx) * p.vec;
+}
+LSQ_HD bool cols_active(const Plan& p, int64_t block_y, int tx) {
+  return static_cast<int64_t>(tx) * p.vec < p.block_cols && cols_col(p, block_y, tx) < p.cols;
+}
 LSQ_HD int64_t cols_row(const Plan& p, int64_t band, int ty, int k) {
   return band * p.band_rows + ty + static_cast<int64_t>(k) * (kThreads / p.tx);
 }
+// A final cols plan with inner > 1: column block `block_y` finishes channels [first, end),
+// those whose columns all lie in it.
+LSQ_HD int64_t cols_first_channel(const Plan& p, int64_t block_y) { return block_y * p.block_cols / p.inner; }
+LSQ_HD int64_t cols_end_channel(const Plan& p, int64_t block_y) {
+  const int64_t end = (block_y + 1) * p.block_cols;
+  return (end < p.cols ? end : p.cols) / p.inner;
+}
 
-// layout: of a non-empty dense tensor; elem_size: bytes per element; aligned: every pointer
-// the kernel touches is 16-byte aligned; sm_count: the device's multiprocessors; backward:
-// the plan of the backward kernel (its unroll differs from the forward's). Throws
-// nothing: a plan that cannot launch (more than 65535 column blocks) has grid_y == 0, which
-// the caller reports.
-inline Plan make_plan(const Layout& l, int elem_size, bool aligned, int sm_count, bool backward) {
+namespace plan_detail {
+
+inline bool small_tensor(const Layout& l, int elem_size) { return l.numel() * elem_size <= kWholeTensorBytes; }
+
+inline Plan rows_plan(const Layout& l, int elem_size, bool aligned, bool backward) {
   Plan p{};
   const int wide = 16 / elem_size;
-  const int64_t resident = static_cast<int64_t>(std::max(sm_count, 1)) * kBlocksPerSm;
+  const bool one_step = l.channels == 1;
+  p.kind = KernelKind::kRows;
   p.channels = l.channels;
   p.tx = 1;
   p.grid_y = 1;
-  const bool one_step = l.channels == 1;
-  // A weight (outer == 1) keeps rows down to a warp's width: one item per row is its channel's
-  // whole sum, so the backward is one launch.
-  if (one_step || l.inner >= kMinRowRun || (l.outer == 1 && l.inner >= kMinWeightRow)) {
-    p.kind = KernelKind::kRows;
-    p.per_row = !one_step;
-    p.rows = one_step ? 1 : l.outer * l.channels;
-    p.cols = one_step ? l.numel() : l.inner;
-    p.inner = 1;
-    // Per-tensor tolerates a ragged end (a scalar tail); rows must each start aligned.
-    p.vec = aligned && (one_step || p.cols % wide == 0) ? wide : 1;
-    const int64_t pass = static_cast<int64_t>(kThreads) * p.vec;  // elements one sweep of a block covers
-    const int64_t run = round_up(p.cols, pass);
-    if (p.per_row && l.outer == 1 && p.cols <= kWholeRowMax) {
-      p.chunk = run;  // a weight: whole rows, so each item's sum is its channel's gradient
-    } else {
-      p.chunk = std::min(pass * unroll_for(p.vec, backward), run);
-    }
-    p.chunks_per_row = ceil_div(p.cols, p.chunk);
-    p.items = p.rows * p.chunks_per_row;
-    p.grid_x = static_cast<unsigned>(std::min(p.items, resident));
-    if (p.per_row) {
-      p.partial_outer = l.outer;
-      p.partial_inner = p.chunks_per_row;
-      p.final = l.outer == 1 && p.chunks_per_row == 1;
-    } else {
-      p.partial_outer = 1;
-      p.partial_inner = p.grid_x;
-      p.final = p.grid_x == 1;
-    }
-    return p;
+  p.per_row = !one_step;
+  p.rows = one_step ? 1 : l.outer * l.channels;
+  p.cols = one_step ? l.numel() : l.inner;
+  p.inner = 1;
+  // Per-tensor tolerates a ragged end (a scalar tail); rows must each start aligned.
+  p.vec = aligned && (one_step || p.cols % wide == 0) ? wide : 1;
+  const int64_t pass = static_cast<int64_t>(kThreads) * p.vec;  // elements one sweep of a block covers
+  const int64_t run = round_up(p.cols, pass);
+  // One item per row where that row is a channel's whole sum: a weight's row, and a small
+  // tensor's single row in the backward (the forward sums nothing, and keeps its chunks for
+  // parallelism: one launch either way).
+  const bool whole = p.per_row ? l.outer == 1 && p.cols <= kWholeRowMax : backward && small_tensor(l, elem_size);
+  p.chunk = whole ? run : std::min(pass * unroll_for(p.vec, backward), run);
+  p.chunks_per_row = ceil_div(p.cols, p.chunk);
+  p.items = p.rows * p.chunks_per_row;
+  p.grid_x = static_cast<unsigned>(std::min(p.items, kGridBlocks));
+  if (p.per_row) {  // a partial per item: the grid does not change the sums, only the schedule
+    p.partial_outer = l.outer;
+    p.partial_inner = p.chunks_per_row;
+    p.final = l.outer == 1 && p.chunks_per_row == 1;
+  } else {  // a partial per block: each thread's float64 total runs over its block's items
+    p.partial_outer = 1;
+    p.partial_inner = p.grid_x;
+    p.final = p.grid_x == 1;
   }
+  return p;
+}
+
+inline Plan cols_plan(const Layout& l, int elem_size, bool aligned, bool backward) {
+  Plan p{};
   p.kind = KernelKind::kCols;
   p.per_row = false;
+  p.channels = l.channels;
   p.rows = l.outer;
   p.cols = l.channels * l.inner;
   p.inner = l.inner;
-  const int cols_wide = std::min(wide, kColsMaxVec);
+  const int cols_wide = std::min(16 / elem_size, kColsMaxVec);
   p.vec = aligned && p.cols % cols_wide == 0 ? cols_wide : 1;
   const int64_t col_vecs = p.cols / p.vec;
   p.tx = static_cast<int>(std::min<int64_t>(next_pow2(col_vecs), kThreads));
-  const int64_t col_blocks = ceil_div(col_vecs, p.tx);
+  p.block_cols = static_cast<int64_t>(p.tx) * p.vec;
+  int64_t col_blocks = ceil_div(p.cols, p.block_cols);
   p.band_rows = static_cast<int64_t>(kThreads / p.tx) * unroll_for(p.vec, backward);
   p.bands = ceil_div(p.rows, p.band_rows);
+  // A small tensor: one block down each column (a weight, one row, is one band anyway).
+  const int64_t blocks_x =
+      small_tensor(l, elem_size)
+          ? 1
+          : std::min({p.bands, ceil_div(p.rows, kColsMinRows), std::max<int64_t>(1, kGridBlocks / col_blocks)});
+  p.grid_x = static_cast<unsigned>(blocks_x);
+  // One block down each column has every row of it. Cut the column blocks at channel edges (a
+  // multiple of lcm(inner, vec) columns, where that fits in tx * vec: a 3x3 depthwise weight
+  // in float32 gets 28 channels, 1008 of 1024 columns, a block) and each block holds whole
+  // channels, which it finishes: depthwise and short-row linear weights of any size, small
+  // NCHW activations.
+  if (p.grid_x == 1 && p.inner > 1 && col_blocks > 1) {
+    const int64_t unit = p.inner / gcd(p.inner, p.vec) * p.vec;
+    if (unit <= p.block_cols) {
+      p.block_cols = p.block_cols / unit * unit;
+      col_blocks = ceil_div(p.cols, p.block_cols);
+    }
+  }
   p.grid_y = col_blocks <= kMaxGridY ? static_cast<unsigned>(col_blocks) : 0;
-  p.grid_x = static_cast<unsigned>(std::min(p.bands, std::max<int64_t>(1, resident / col_blocks)));
   p.partial_outer = p.grid_x;
   p.partial_inner = l.inner;
-  p.final = p.grid_x == 1 && l.inner == 1;
+  p.final = p.grid_x == 1 && (p.inner == 1 || col_blocks == 1 || p.block_cols % p.inner == 0);
   return p;
+}
+
+}  // namespace plan_detail
+
+// layout: of a non-empty dense tensor; elem_size: bytes per element; aligned: every pointer
+// the kernel touches is 16-byte aligned; backward: the plan of the backward kernel (its unroll
+// differs from the forward's, never its kernel). No device input: the same plan, and the same
+// step-gradient bits, on every GPU. Throws nothing: a plan that cannot launch (more than
+// 65535 column blocks) has grid_y == 0, which the caller reports.
+inline Plan make_plan(const Layout& l, int elem_size, bool aligned, bool backward) {
+  if (l.channels == 1) return plan_detail::rows_plan(l, elem_size, aligned, backward);
+  // A weight (outer == 1) keeps rows down to a warp's width: one item per row is its channel's
+  // whole sum, so the backward is one launch.
+  if (l.inner >= kMinRowRun || (l.outer == 1 && l.inner >= kMinWeightRow)) {
+    // A small activation whose channels span several runs (NCHW, N > 1) would need the
+    // combine in the rows kernel; the cols kernel, one block down each column, finishes it
+    // where a block can hold whole channels (its kind does not depend on `backward`).
+    if (l.outer > 1 && plan_detail::small_tensor(l, elem_size)) {
+      const Plan c = plan_detail::cols_plan(l, elem_size, aligned, backward);
+      if (c.final) return c;
+    }
+    return plan_detail::rows_plan(l, elem_size, aligned, backward);
+  }
+  return plan_detail::cols_plan(l, elem_size, aligned, backward);
 }
 
 }  // namespace lsq_fast::cuda

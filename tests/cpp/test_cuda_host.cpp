@@ -6,11 +6,14 @@
 // the PTX (tests/test_cuda_codegen.py) and on a GPU by the Python contract suite.
 //
 // Built and run by CMake (`make ctest`).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/lsq_math.cuh"
@@ -22,7 +25,21 @@ namespace {
 using lsq_fast::Layout;
 using namespace lsq_fast::cuda;
 
-constexpr int kSms = 132;  // an H100 SXM
+// The plan has no device input (no multiprocessor count, no architecture): whatever GPU or MIG
+// slice runs it, the partition, and so the step gradient's float bits, are the same.
+static_assert(std::is_same_v<decltype(&make_plan), Plan (*)(const Layout&, int, bool, bool)>,
+              "make_plan(layout, elem_size, aligned, backward): a function of the tensor alone");
+
+constexpr int kElemSizes[] = {2, 4, 8};
+
+bool same_plan(const Plan& a, const Plan& b) {
+  return a.kind == b.kind && a.vec == b.vec && a.per_row == b.per_row && a.rows == b.rows && a.cols == b.cols &&
+         a.channels == b.channels && a.inner == b.inner && a.chunk == b.chunk &&
+         a.chunks_per_row == b.chunks_per_row && a.items == b.items && a.tx == b.tx &&
+         a.block_cols == b.block_cols && a.band_rows == b.band_rows && a.bands == b.bands &&
+         a.grid_x == b.grid_x && a.grid_y == b.grid_y && a.partial_outer == b.partial_outer &&
+         a.partial_inner == b.partial_inner && a.final == b.final;
+}
 
 // Every element of the tensor lies in exactly one rows-kernel item, with its own channel:
 // element i of layout [outer, channels, inner] has step (i / inner) % channels.
@@ -43,8 +60,8 @@ void expect_rows_cover(const Layout& l, const Plan& p) {
   EXPECT(channels_ok);
 }
 
-// Every (row, column) of the cols kernel's matrix is loaded by exactly one (band, ty, k), and
-// column j's step is (j / inner): the channel of element r * cols + j.
+// Every (row, column) of the cols kernel's matrix is loaded by exactly one (column block,
+// thread, band, k), and column j's step is (j / inner): the channel of element r * cols + j.
 void expect_cols_cover(const Layout& l, const Plan& p, bool backward) {
   std::vector<int> rows_seen(p.rows, 0);
   const int ty_count = kThreads / p.tx;
@@ -57,85 +74,381 @@ void expect_cols_cover(const Layout& l, const Plan& p, bool backward) {
   bool once = true;
   for (int s : rows_seen) once &= s == 1;
   EXPECT(once);
-  EXPECT(static_cast<int64_t>(p.grid_y) * p.tx * p.vec >= p.cols);
+  std::vector<int> cols_seen(p.cols, 0);
+  bool packs_ok = p.block_cols % p.vec == 0 && p.block_cols <= static_cast<int64_t>(p.tx) * p.vec;
+  for (int64_t by = 0; by < p.grid_y; ++by)
+    for (int tx = 0; tx < p.tx; ++tx)
+      if (cols_active(p, by, tx)) {
+        const int64_t col = cols_col(p, by, tx);
+        packs_ok &= col % p.vec == 0 && col + p.vec <= p.cols;
+        for (int v = 0; v < p.vec; ++v) ++cols_seen[col + v];
+      }
+  for (int s : cols_seen) once &= s == 1;
+  EXPECT(once);
+  EXPECT(packs_ok);
   bool channels_ok = true;
   for (int64_t j = 0; j < p.cols; ++j) channels_ok &= cols_channel(p, j) == j / l.inner;
   EXPECT(channels_ok);
 }
 
+// An integer stand-in for element i's grad_y * dy/ds: sums of them are exact, so any element
+// lost, counted twice or given to the wrong channel shows.
+int64_t term(int64_t i) { return (i * 2654435761LL) % 1009 + 1; }
+
+// The backward's step-gradient sums as the kernels form them (lsq_kernels.cu: the rows
+// kernel's blocks over items, the cols kernel's threads over bands and its epilogue, the
+// combine over partials), on the plan and its index helpers. True when every channel gets its
+// exact sum, written once, and every partial is written once and read by the combine.
+bool emulated_sums_match(const Layout& l, const Plan& p) {
+  std::vector<int64_t> grad(l.channels, 0);
+  std::vector<int> grad_writes(l.channels, 0);
+  std::vector<int64_t> partials(p.partials(), 0);
+  std::vector<int> partial_writes(p.partials(), 0);
+  bool ok = p.grid_x >= 1 && p.grid_y >= 1 && p.grid_x <= kGridBlocks;
+  const auto put_grad = [&](int64_t c, int64_t v) {
+    if (c < 0 || c >= l.channels) return void(ok = false);
+    grad[c] = v;
+    ++grad_writes[c];
+  };
+  const auto put_partial = [&](int64_t k, int64_t v) {
+    if (k < 0 || k >= p.partials()) return void(ok = false);
+    partials[k] = v;
+    ++partial_writes[k];
+  };
+  if (p.kind == KernelKind::kRows) {
+    for (int64_t b = 0; b < p.grid_x; ++b) {
+      int64_t total = 0;
+      for (int64_t item = b; item < p.items; item += p.grid_x) {
+        const RowsItem it = rows_item(p, item);
+        int64_t sum = 0;
+        for (int64_t i = it.begin; i < it.end; ++i) sum += term(i);
+        if (!p.per_row) total += sum;
+        else if (p.final) put_grad(it.channel, sum);
+        else put_partial(item, sum);
+      }
+      if (!p.per_row) {
+        if (p.final) put_grad(0, total);
+        else put_partial(b, total);
+      }
+    }
+  } else {
+    const int ty_count = kThreads / p.tx;
+    const int unroll = unroll_for(p.vec, true);
+    std::vector<int64_t> totals(static_cast<size_t>(kThreads) * p.vec);  // shared memory, [ty][tx][v]
+    std::vector<bool> written(totals.size());
+    for (int64_t bx = 0; bx < p.grid_x; ++bx)
+      for (int64_t by = 0; by < p.grid_y; ++by) {
+        std::fill(totals.begin(), totals.end(), 0);
+        std::fill(written.begin(), written.end(), false);
+        for (int t = 0; t < kThreads; ++t) {
+          const int tx = t % p.tx, ty = t / p.tx;
+          if (!cols_active(p, by, tx)) continue;
+          const int64_t col = cols_col(p, by, tx);
+          for (int64_t band = bx; band < p.bands; band += p.grid_x)
+            for (int k = 0; k < unroll; ++k) {
+              const int64_t r = cols_row(p, band, ty, k);
+              if (r < p.rows)
+                for (int v = 0; v < p.vec; ++v) totals[t * p.vec + v] += term(r * p.cols + col + v);
+            }
+        }
+        const bool channel_sums = p.final && p.inner > 1;
+        std::vector<int64_t> column_sum(totals.size());
+        for (int tx = 0; tx < p.tx; ++tx) {
+          if (!cols_active(p, by, tx)) continue;
+          const int64_t col = cols_col(p, by, tx);
+          for (int v = 0; v < p.vec; ++v) {
+            int64_t s = 0;
+            for (int y = 0; y < ty_count; ++y) s += totals[(y * p.tx + tx) * p.vec + v];
+            if (!p.final) put_partial(bx * p.cols + col + v, s);
+            else if (!channel_sums) put_grad(col + v, s);
+            else column_sum[tx * p.vec + v] = s, written[tx * p.vec + v] = true;
+          }
+        }
+        if (channel_sums) {
+          const int64_t first_col = cols_col(p, by, 0);
+          for (int64_t c = cols_first_channel(p, by); c < cols_end_channel(p, by); ++c) {
+            int64_t s = 0;
+            for (int64_t j = c * p.inner; j < (c + 1) * p.inner; ++j) {
+              const int64_t slot = j - first_col;
+              if (slot < 0 || slot >= static_cast<int64_t>(totals.size()) || !written[slot]) ok = false;
+              else s += column_sum[slot];
+            }
+            put_grad(c, s);
+          }
+        }
+      }
+  }
+  if (launches(p, true) == 2) {  // lsq_sum_partials_kernel: channel c sums [:, c, :]
+    for (int64_t c = 0; c < l.channels; ++c) {
+      int64_t s = 0;
+      for (int64_t o = 0; o < p.partial_outer; ++o)
+        for (int64_t i = 0; i < p.partial_inner; ++i) s += partials[(o * l.channels + c) * p.partial_inner + i];
+      put_grad(c, s);
+    }
+  }
+  for (int w : partial_writes) ok &= w == 1;
+  for (int64_t c = 0; c < l.channels; ++c) ok &= grad_writes[c] == 1;
+  std::vector<int64_t> exact(l.channels, 0);
+  for (int64_t i = 0; i < l.numel(); ++i) exact[l.channels == 1 ? 0 : (i / l.inner) % l.channels] += term(i);
+  return ok && grad == exact;
+}
+
 void test_plans() {
   // A weight, per channel on axis 0: whole rows, one launch (final), 16-byte packs.
   const Layout weight{1, 512, 2304};
-  const Plan w = make_plan(weight, 4, true, kSms, true);
+  const Plan w = make_plan(weight, 4, true, true);
   EXPECT(w.kind == KernelKind::kRows && w.per_row && w.vec == 4);
-  EXPECT(w.final && w.partials() == 0 && w.chunks_per_row == 1 && w.items == 512);
+  EXPECT(w.final && w.partials() == 0 && w.chunks_per_row == 1 && w.items == 512 && w.grid_x == 512);
   expect_rows_cover(weight, w);
 
   // A weight too long for one item is split, and its partials combined.
   const Layout wide_weight{1, 8, 40000};
-  const Plan ww = make_plan(wide_weight, 4, true, kSms, true);
+  const Plan ww = make_plan(wide_weight, 4, true, true);
   EXPECT(!ww.final && ww.chunks_per_row > 1 && ww.partials() == 8 * ww.chunks_per_row);
   expect_rows_cover(wide_weight, ww);
 
-  // Per-tensor, large: a grid of kBlocksPerSm blocks per SM, one partial per block.
+  // Per-tensor, large: kGridBlocks blocks (not a multiple of the device's SMs), one partial
+  // each. 2^24 float32 elements: 8192 items of 2048, 8 per block.
   const Layout big{1, 1, (int64_t{1} << 24) + 3};
-  const Plan t = make_plan(big, 4, true, kSms, true);
-  EXPECT(t.kind == KernelKind::kRows && !t.per_row && t.vec == 4);
-  EXPECT(t.grid_x == kSms * kBlocksPerSm && !t.final && t.partials() == t.grid_x);
+  const Plan t = make_plan(big, 4, true, true);
+  EXPECT(t.kind == KernelKind::kRows && !t.per_row && t.vec == 4 && t.chunk == 2048 && t.items == 8193);
+  EXPECT(t.grid_x == kGridBlocks && !t.final && t.partials() == kGridBlocks && launches(t, true) == 2);
   // Per-tensor, small: one block, which writes grad_step itself.
-  const Plan small = make_plan(Layout{1, 1, 1000}, 2, true, kSms, true);
-  EXPECT(small.grid_x == 1 && small.final && small.vec == 8);
+  const Plan small = make_plan(Layout{1, 1, 1000}, 2, true, true);
+  EXPECT(small.grid_x == 1 && small.items == 1 && small.final && small.vec == 8);
   expect_rows_cover(Layout{1, 1, 1000}, small);
   // Unaligned pointers: element by element.
-  EXPECT(make_plan(Layout{1, 1, 1000}, 4, false, kSms, true).vec == 1);
+  EXPECT(make_plan(Layout{1, 1, 1000}, 4, false, true).vec == 1);
 
   // NCHW activation on axis 1: a row per (image, channel), cut into chunks of 2048 (256
   // threads x 4 floats x 2 packs in flight), partials [N, C, chunks].
   const Layout nchw{8, 64, 3136};
-  const Plan a = make_plan(nchw, 4, true, kSms, true);
+  const Plan a = make_plan(nchw, 4, true, true);
   EXPECT(a.kind == KernelKind::kRows && a.per_row && a.vec == 4 && a.chunk == 2048 && a.chunks_per_row == 2);
   EXPECT(!a.final && a.partial_outer == 8 && a.partial_inner == 2 && a.partials() == 8 * 64 * 2);
+  EXPECT(a.grid_x == kGridBlocks);  // 1024 items
   expect_rows_cover(nchw, a);
   // Rows that straddle a 16-byte pack (7x7 maps in bfloat16... 49 elements): element by element.
-  const Plan odd = make_plan(Layout{1, 32, 49}, 2, true, kSms, true);
+  const Plan odd = make_plan(Layout{1, 32, 49}, 2, true, true);
   EXPECT(odd.vec == 1);
   expect_rows_cover(Layout{1, 32, 49}, odd);
 
-  // channels_last activation on axis 1 (memory [N*H*W, C]): the cols kernel.
+  // channels_last activation on axis 1 (memory [N*H*W, C]): the cols kernel. 25088 rows in
+  // bands of 32: 784 blocks, a band each.
   const Layout nhwc{8 * 56 * 56, 64, 1};
-  const Plan c = make_plan(nhwc, 4, true, kSms, true);
-  EXPECT(c.kind == KernelKind::kCols && c.vec == 4 && c.tx == 16 && c.grid_y == 1);
-  EXPECT(!c.final && c.partials() == static_cast<int64_t>(c.grid_x) * 64);
+  const Plan c = make_plan(nhwc, 4, true, true);
+  EXPECT(c.kind == KernelKind::kCols && c.vec == 4 && c.tx == 16 && c.grid_y == 1 && c.block_cols == 64);
+  EXPECT(c.band_rows == 32 && c.grid_x == 784 && !c.final && c.partials() == 784 * 64);
   expect_cols_cover(nhwc, c, true);
   // 16-bit packs in the cols kernel hold 4 elements, not 8.
-  EXPECT(make_plan(nhwc, 2, true, kSms, true).vec == kColsMaxVec);
+  EXPECT(make_plan(nhwc, 2, true, true).vec == kColsMaxVec);
+  // Wide rows, few per band (1024 channels: 2 rows a band): at least kColsMinRows rows a block,
+  // so the partials (8 bytes a column per block) stay a small part of the traffic.
+  const Plan wide_c = make_plan(Layout{4096, 1024, 1}, 4, true, true);
+  EXPECT(wide_c.band_rows == 2 && wide_c.grid_x == 4096 / kColsMinRows);
   // Few rows: one band, one block per column block, grad_step written directly.
   const Layout linear{4, 300, 1};
-  const Plan lin = make_plan(linear, 4, true, kSms, true);
+  const Plan lin = make_plan(linear, 4, true, true);
   EXPECT(lin.kind == KernelKind::kCols && lin.grid_x == 1 && lin.final);
   expect_cols_cover(linear, lin, true);
   // One step per element of a vector (a bias-like tensor, axis 0): the cols kernel, one launch.
-  const Plan vec_steps = make_plan(Layout{1, 100000, 1}, 4, true, kSms, true);
+  const Plan vec_steps = make_plan(Layout{1, 100000, 1}, 4, true, true);
   EXPECT(vec_steps.kind == KernelKind::kCols && vec_steps.final && vec_steps.grid_y == 98);
   expect_cols_cover(Layout{1, 100000, 1}, vec_steps, true);
   // Short channel runs (inner > 1) go through the cols kernel, combined over inner.
-  const Layout short_runs{16, 10, 6};
-  const Plan sr = make_plan(short_runs, 4, true, kSms, false);
-  EXPECT(sr.kind == KernelKind::kCols && !sr.final && sr.partial_inner == 6);
+  const Layout short_runs{4096, 10, 6};
+  const Plan sr = make_plan(short_runs, 4, true, false);
+  EXPECT(sr.kind == KernelKind::kCols && !sr.final && sr.partial_inner == 6 && sr.grid_x == 64);
   expect_cols_cover(short_runs, sr, false);
+  // A 3x3 depthwise weight (512 channels, rows of 9): one row, so one band; column blocks of
+  // 28 whole channels (1008 columns of 1024), each finished by its block: one launch.
+  const Layout depthwise{1, 512, 9};
+  const Plan dw = make_plan(depthwise, 4, true, true);
+  EXPECT(dw.kind == KernelKind::kCols && dw.grid_x == 1 && dw.block_cols == 1008 && dw.grid_y == 5 && dw.final);
+  expect_cols_cover(depthwise, dw, true);
 
   // Random layouts: every element covered once, with its channel.
   std::mt19937 rng(1234);
   for (int trial = 0; trial < 200; ++trial) {
     const Layout l{1 + static_cast<int64_t>(rng() % 9), 1 + static_cast<int64_t>(rng() % 40),
                    1 + static_cast<int64_t>(rng() % 1500)};
-    const int elem = trial % 3 == 0 ? 2 : trial % 3 == 1 ? 4 : 8;
+    const int elem = kElemSizes[trial % 3];
     const bool backward = trial % 2 == 0;
-    const Plan p = make_plan(l, elem, trial % 5 != 0, 1 + static_cast<int>(rng() % 140), backward);
+    const Plan p = make_plan(l, elem, trial % 5 != 0, backward);
     EXPECT(p.grid_x >= 1 && p.grid_y >= 1);
     if (p.kind == KernelKind::kRows) expect_rows_cover(l, p);
     else expect_cols_cover(l, p, backward);
   }
+}
+
+// A tensor's memory layout as lsq_host.cpp's memory_layout gives it: a contiguous tensor of
+// `shape` quantized on `axis` (-1: per-tensor), or channels_last (4-D, axis 1).
+Layout layout_of(std::vector<int64_t> shape, int axis, bool channels_last = false) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  if (axis < 0 || shape[axis] == 1) return Layout{1, 1, n};
+  const int64_t c = shape[axis];
+  if (channels_last) return Layout{n / c, c, 1};  // NHWC in memory: the channel is the fastest axis
+  int64_t inner = 1;
+  for (size_t d = axis + 1; d < shape.size(); ++d) inner *= shape[d];
+  return Layout{n / (c * inner), c, inner};
+}
+
+struct Case {
+  const char* name;
+  Layout layout;
+};
+
+// One launch each way, whatever the element type and alignment, and every step-gradient sum
+// right: small tensors (per-tensor, per-channel activations) and weights of any size whose
+// rows fit one block.
+void test_small_tensors_launch_once() {
+  const Case weights[] = {
+      {"conv 3x3 64->64", layout_of({64, 64, 3, 3}, 0)},     // rows of 576: rows kernel, whole rows
+      {"stem 7x7 3->64", layout_of({64, 3, 7, 7}, 0)},       // rows of 147, element by element
+      {"conv 3x3 512->512", layout_of({512, 512, 3, 3}, 0)},  // 2.4M elements, rows of 4608
+      {"linear 4096x16384", Layout{1, 64, 16384}},            // kWholeRowMax (64 of its 4096 rows)
+      {"depthwise 3x3 x32", layout_of({32, 1, 3, 3}, 0)},     // rows of 9: the cols kernel, one block
+      {"depthwise 3x3 x512", layout_of({512, 1, 3, 3}, 0)},   // column blocks cut at channel edges
+      {"depthwise 5x5 x960", layout_of({960, 1, 5, 5}, 0)},
+      {"linear 64x16", layout_of({64, 16}, 0)},
+      {"linear 10x3", layout_of({10, 3}, 0)},
+      {"linear 1000x31", layout_of({1000, 31}, 0)},
+      {"bias-like 100000", layout_of({100000}, 0)},
+  };
+  for (const Case& c : weights)
+    for (int elem : kElemSizes)
+      for (bool aligned : {true, false}) {
+        const Plan fwd = make_plan(c.layout, elem, aligned, false);
+        const Plan bwd = make_plan(c.layout, elem, aligned, true);
+        const bool once = launches(fwd, false) == 1 && launches(bwd, true) == 1 && bwd.partials() == 0;
+        EXPECT(once && fwd.kind == bwd.kind && emulated_sums_match(c.layout, bwd));
+        if (!once) std::printf("    weight %s, %d-byte elements, aligned %d\n", c.name, elem, aligned);
+      }
+
+  // Small tensors: up to kWholeTensorBytes. Per-tensor is one work item (one block) in the backward.
+  const Case small[] = {
+      {"per-tensor 1", Layout{1, 1, 1}},
+      {"per-tensor 7", Layout{1, 1, 7}},
+      {"per-tensor 1000", Layout{1, 1, 1000}},
+      {"per-tensor (1, 4096)", layout_of({1, 4096}, -1)},
+      {"per-tensor 4097", Layout{1, 1, 4097}},
+      {"per-tensor (4, 16, 10, 10)", layout_of({4, 16, 10, 10}, -1)},
+      {"per-tensor 4096 float64 / 8192 float32 / 16384 16-bit", Layout{1, 1, 4096}},
+      {"channels_last (4, 16, 8, 8), axis 1", layout_of({4, 16, 8, 8}, 1, true)},
+      {"channels_last (2, 32, 4, 4), axis 1", layout_of({2, 32, 4, 4}, 1, true)},
+      {"last axis (8, 100)", layout_of({8, 100}, 1)},
+      {"last axis (64, 64)", layout_of({64, 64}, 1)},
+      {"NCHW (2, 16, 8, 8), axis 1", layout_of({2, 16, 8, 8}, 1)},
+      {"NCHW (4, 8, 7, 7), axis 1", layout_of({4, 8, 7, 7}, 1)},
+      {"NCHW (2, 4, 16, 32), axis 1", layout_of({2, 4, 16, 32}, 1)},  // runs of 512: the cols kernel
+      {"NCHW (2, 2, 28, 28), axis 1", layout_of({2, 2, 28, 28}, 1)},
+  };
+  for (const Case& c : small)
+    for (int elem : kElemSizes) {
+      const int64_t max_elems = kWholeTensorBytes / elem;  // the per-tensor case sized to the limit
+      const Layout l = std::string(c.name).rfind("per-tensor 4096 ", 0) == 0 ? Layout{1, 1, max_elems} : c.layout;
+      if (l.numel() * elem > kWholeTensorBytes) continue;
+      for (bool aligned : {true, false}) {
+        const Plan fwd = make_plan(l, elem, aligned, false);
+        const Plan bwd = make_plan(l, elem, aligned, true);
+        bool once = launches(fwd, false) == 1 && launches(bwd, true) == 1 && bwd.partials() == 0;
+        if (l.channels == 1) once &= bwd.items == 1 && bwd.grid_x == 1;
+        // A small NCHW activation with long runs goes to the cols kernel only where one block's
+        // columns (256 threads x vec) hold a whole channel: unaligned (vec 1, 256 columns) or
+        // float64 (vec 2, 512) runs of 784 do not, and keep the rows kernel and the combine.
+        const int vec = aligned ? std::min(16 / elem, kColsMaxVec) : 1;
+        const bool expected =
+            l.channels == 1 || l.inner < kMinRowRun || l.outer == 1 || l.inner <= int64_t{kThreads} * vec;
+        EXPECT(once == expected && fwd.kind == bwd.kind && emulated_sums_match(l, bwd));
+        if (once != expected) std::printf("    small %s, %d-byte elements, aligned %d\n", c.name, elem, aligned);
+      }
+    }
+  // Just past the limit, per-tensor: several blocks and the combine.
+  for (int elem : kElemSizes) {
+    const Plan past = make_plan(Layout{1, 1, kWholeTensorBytes / elem + 1}, elem, true, true);
+    EXPECT(launches(past, true) == 2 && past.grid_x > 1);
+  }
+}
+
+// tests/test_gpu.py's test_small_tensors_launch_one_kernel_each_way counts the kernels a forward
+// and a backward launch on the device, 2 for every case it lists: these are its cases, with the
+// layouts the binding computes for them (float32 unless named, pointers from the caching
+// allocator: 16-byte aligned).
+void test_gpu_launch_counts_match_the_plan() {
+  struct GpuCase {
+    const char* name;
+    Layout layout;
+    int elem;
+  };
+  const GpuCase cases[] = {
+      {"(64, 64, 3, 3) axis 0", layout_of({64, 64, 3, 3}, 0), 4},
+      {"(64, 3, 7, 7) axis 0", layout_of({64, 3, 7, 7}, 0), 4},
+      {"(32, 1, 3, 3) axis 0", layout_of({32, 1, 3, 3}, 0), 4},
+      {"(512, 1, 3, 3) axis 0", layout_of({512, 1, 3, 3}, 0), 4},
+      {"(64, 16) axis 0", layout_of({64, 16}, 0), 4},
+      {"(1, 4096) per-tensor", layout_of({1, 4096}, -1), 4},
+      {"(1, 4096) per-tensor bfloat16", layout_of({1, 4096}, -1), 2},
+      {"(4, 16, 10, 10) per-tensor", layout_of({4, 16, 10, 10}, -1), 4},
+      {"(4, 16, 8, 8) channels_last axis 1", layout_of({4, 16, 8, 8}, 1, true), 4},
+  };
+  for (const GpuCase& c : cases) {
+    const int total = launches(make_plan(c.layout, c.elem, true, false), false) +
+                      launches(make_plan(c.layout, c.elem, true, true), true);
+    EXPECT(total == 2);
+    if (total != 2) std::printf("    test_gpu case %s: %d launches\n", c.name, total);
+  }
+}
+
+// Shape alone decides the plan: the same plan on every call, in any order, and for large
+// tensors a grid that fills an H200 (528 resident blocks) with a number fixed in advance.
+void test_plan_is_device_free_and_deterministic() {
+  std::mt19937 rng(99);
+  std::vector<Layout> layouts;
+  for (int i = 0; i < 300; ++i)
+    layouts.push_back(Layout{1 + static_cast<int64_t>(rng() % 3000), 1 + static_cast<int64_t>(rng() % 300),
+                             1 + static_cast<int64_t>(rng() % 5000)});
+  std::vector<Plan> first;
+  for (const Layout& l : layouts) first.push_back(make_plan(l, 4, true, true));
+  bool same = true;
+  for (size_t k = layouts.size(); k-- > 0;) {  // again, in reverse order, interleaved with others
+    (void)make_plan(layouts[(k * 7) % layouts.size()], 2, false, false);
+    same &= same_plan(first[k], make_plan(layouts[k], 4, true, true));
+  }
+  EXPECT(same);
+
+  // Large tensors: grids fixed by the shape, enough blocks for 132 SMs x 4, partials bounded.
+  const Layout per_tensor_16m{1, 1, int64_t{1} << 24};
+  const Plan p16 = make_plan(per_tensor_16m, 4, true, true);
+  EXPECT(p16.items == 8192 && p16.grid_x == 1024 && p16.items % p16.grid_x == 0 && p16.partials() == 1024);
+  const Plan f16 = make_plan(per_tensor_16m, 4, true, false);  // forward: 4096 items of 4096
+  EXPECT(f16.items == 4096 && f16.grid_x == 1024);
+  const Plan huge = make_plan(Layout{1, 1, (int64_t{1} << 31) + 1000}, 2, true, true);  // test_gpu's 2^31 + 1000
+  EXPECT(huge.grid_x == kGridBlocks && huge.partials() == kGridBlocks && huge.items == (int64_t{1} << 20) + 1);
+  for (const Layout& l : {per_tensor_16m, Layout{8, 64, 3136}, Layout{32, 256, 3136}, Layout{8 * 56 * 56, 64, 1},
+                          Layout{32 * 28 * 28, 256, 1}, Layout{8 * 14 * 14, 1024, 1}})
+    for (int elem : kElemSizes) {
+      const Plan p = make_plan(l, elem, true, true);
+      const int64_t blocks = static_cast<int64_t>(p.grid_x) * p.grid_y;
+      EXPECT(blocks >= 132 && blocks <= kGridBlocks && emulated_sums_match(l, p));
+      if (l.numel() >= (int64_t{1} << 24)) EXPECT(blocks >= 528);
+    }
+}
+
+// The step-gradient sums as the kernels form them, on random layouts of every kind: every
+// channel's exact sum, written once, in one launch or through the partials.
+void test_emulated_step_sums() {
+  std::mt19937 rng(4321);
+  int finals = 0, combined = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    const int64_t outer = trial % 4 == 0 ? 1 : 1 + static_cast<int64_t>(rng() % (trial % 3 == 0 ? 600 : 12));
+    const Layout l{outer, 1 + static_cast<int64_t>(rng() % 70), 1 + static_cast<int64_t>(rng() % (trial % 2 ? 40 : 1300))};
+    const int elem = kElemSizes[rng() % 3];
+    const Plan p = make_plan(l, elem, rng() % 4 != 0, true);
+    EXPECT(emulated_sums_match(l, p));
+    (p.final ? finals : combined) += 1;
+  }
+  EXPECT(finals > 50 && combined > 50);  // both paths exercised
 }
 
 uint32_t bits(float v) {
@@ -312,6 +625,10 @@ void test_soft_round_math() {
 
 int main() {
   test_plans();
+  test_small_tensors_launch_once();
+  test_gpu_launch_counts_match_the_plan();
+  test_plan_is_device_free_and_deterministic();
+  test_emulated_step_sums();
   test_element_math();
   test_soft_round_math();
   return lsq_fast_test::expect_summary();
