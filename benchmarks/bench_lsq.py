@@ -5,7 +5,7 @@
     python benchmarks/bench_lsq.py --suite sizes resnet18 --dtype float32 bfloat16 --markdown out.md
     .venv/bin/python benchmarks/bench_lsq.py --quantizer lsq lsq-arctan lsq+ qil --rounds 10
 
-Suites of tensors: benchmarks/cases.py (main, sizes 4K-64M, every ResNet-18 layer tensor).
+Suites of tensors: benchmarks/cases.py (main, sizes 4K-256M, every ResNet-18 layer tensor).
 Quantizers (--quantizer, default lsq): benchmarks/quantizers.py: lsq, lsq-arctan (LG-LSQ's
 soft-round gradient), lsq+ (a learned offset), qil (a learned interval; per tensor only), each
 fused op against its own plain-PyTorch reference, on the same tensors.

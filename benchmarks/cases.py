@@ -1,7 +1,8 @@
 """The tensors the LSQ benchmark quantizes, grouped in suites, and their inputs.
 
     main      two representative tensors (what `make bench` times on any machine)
-    sizes     one per-tensor activation quantizer per size, 4K to 64M elements (x4 steps)
+    sizes     one per-tensor activation quantizer per size, 4K to 256M elements (x4 steps; --max-size
+              caps it: `make bench` stops at 4M on a CPU, 64M on a GPU)
     resnet18  every distinct quantized tensor of ResNet-18 at batch 32 (or another), 224x224: the input of
               each conv and of the fc layer (per-tensor; unsigned after a ReLU, signed 8-bit for
               the image) and each weight (per output channel; 8-bit for the first and last
@@ -59,7 +60,7 @@ SUITES: dict[str, list[Case]] = {
         # ResNet-18's largest 3x3 conv weight (layer4): one step per output channel.
         _weight("weight", (512, 256, 3, 3)),
     ],
-    "sizes": [_act(f"act-{_size_label(1 << k)}", (1 << k,)) for k in range(12, 27, 2)],
+    "sizes": [_act(f"act-{_size_label(1 << k)}", (1 << k,)) for k in range(12, 29, 2)],
     "resnet18": [],  # filled in below, at batch 32: resnet18_cases(batch) for others
 }
 
