@@ -166,3 +166,24 @@ def test_quantized_model_trains_without_host_sync(cuda, backend, seed, dtype):
     for name, p in model.named_parameters():
         if name.endswith("quantizer.step"):
             assert p.dtype == p.grad.dtype == torch.float32 and bool((p > 0).all()), name
+
+
+@pytest.mark.parametrize("axis", [None, 1])
+def test_runs_on_the_inputs_device_not_the_current_one(backend, seed, axis):
+    """Tensors on cuda:1 while cuda:0 is current: the kernels must run on cuda:1 (Triton
+    launches on the current device unless told; the CUDA binding has a device guard)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    forward, backward = lsq_fast.backends.lsq_ops(backend)
+    shape = (4, 16, 9, 9)
+    step = make_step(1 if axis is None else shape[axis])
+    x, grad_y = make_x(shape, step, 4, True, axis), torch.randn(shape)
+    with torch.cuda.device(0):
+        on = torch.device("cuda:1")
+        y = forward(x.to(on), step.to(on), -8, 7, axis, None)
+        grad_x, grad_step = backward(grad_y.to(on), x.to(on), step.to(on), -8, 7, axis, None)
+        assert torch.cuda.current_device() == 0
+    assert y.device == grad_x.device == grad_step.device == on
+    assert_same_bits(y.cpu(), reference.lsq_quantize(x, step, 4, channel_axis=axis))
+    assert torch.equal(grad_x.cpu(), expected_grad_x(x, step, grad_y, 4, True, axis))
+    assert_step_grad_close(grad_step.cpu(), x, step, grad_y, 4, True, axis)

@@ -24,9 +24,9 @@ from .layout import MatrixView, dense, like, matrix_view
 from .registration import define_op, launch
 from .tile_math import (
     cast_for_store, clip_and_round, finish_step_grad, host_scalar, ieee_div, load_step, mul_rn, round_half_to_even,
-    sum_blocks, sum_partials_kernel, tile_indices, tile_partials, to_math,
+    sum_partials_kernel, tile_indices, tile_partials, to_math,
 )
-from .tiles import Tile, partials_shape, pick_tile
+from .tiles import Tile, partials_shape, pick_tile, sum_blocks
 
 
 @triton.jit
@@ -94,7 +94,7 @@ def launch_args(view: MatrixView, tile: Tile) -> dict:
     return dict(
         n_rows=view.rows, n_cols=view.cols, channels=view.channels,
         STEP_MODE=view.step_mode, BLOCK_R=tile.block_rows, BLOCK_C=tile.block_cols,
-        ONE_ROW=view.rows == 1, num_warps=tile.num_warps,
+        ONE_ROW=bool(view.rows == 1), num_warps=tile.num_warps,
     )
 
 
@@ -144,7 +144,7 @@ def sum_partials(partials, step, grad_step, grad_offset, grad_scale, outer, chan
     block_ch, block_k = sum_blocks(channels, outer * inner)
     launch(sum_partials_kernel, triton.cdiv(channels, block_ch))(
         partials, step, grad_step, grad_step if grad_offset is None else grad_offset, grad_scale,
-        outer * inner, channels, inner, BLOCK_CH=block_ch, BLOCK_K=block_k, OFFSET=grad_offset is not None,
+        outer * channels * inner, outer * inner, channels, inner, BLOCK_CH=block_ch, BLOCK_K=block_k, OFFSET=grad_offset is not None,
         num_warps=4)
 
 
@@ -166,7 +166,7 @@ def backward(grad_y, x, step, qmin, qmax, channel_axis, grad_scale, soft_round_k
         grad_scale = grad_scale_for_qmax(x.numel() // step.numel(), qmax)
     grad_step = torch.empty_like(step)
     outer, channels, inner = partials_shape(view, tile)
-    final = outer * inner == 1
+    final = bool(outer * inner == 1)  # a constexpr: a plain bool even for symbolic shapes
     partials = grad_step if final else torch.empty(outer * channels * inner, device=x.device, dtype=partials_dtype(x))
     launch(_lsq_backward_kernel, tile.programs)(
         grad_y, x, step, grad_x, partials, grad_step, grad_scale,

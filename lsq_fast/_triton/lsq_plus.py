@@ -124,7 +124,7 @@ def backward(grad_y, x, step, offset, qmin, qmax, channel_axis, grad_scale,
         grad_scale = grad_scale_for_qmax(x.numel() // step.numel(), qmax)
     grad_step, grad_offset = torch.empty_like(step), torch.empty_like(offset)
     outer, channels, inner = partials_shape(view, tile)
-    final = outer * inner == 1
+    final = bool(outer * inner == 1)  # a constexpr: a plain bool even for symbolic shapes
     n_partials = outer * channels * inner
     # Step partials, then offset partials: one buffer, so one launch sums both.
     partials = grad_step if final else torch.empty(2 * n_partials, device=x.device, dtype=partials_dtype(x))

@@ -33,10 +33,10 @@ from .layout import dense, like, matrix_view
 from .lsq import partials_dtype
 from .registration import define_op, launch
 from .tile_math import (
-    STEP_FLOOR, STEP_ONE, cast_for_store, channel_sums, host_scalar, ieee_div, mul_rn, round_half_to_even, sum_blocks,
+    STEP_FLOOR, STEP_ONE, cast_for_store, channel_sums, host_scalar, ieee_div, mul_rn, round_half_to_even,
     tile_indices, tile_partials, to_math,
 )
-from .tiles import partials_shape, pick_tile
+from .tiles import partials_shape, pick_tile, sum_blocks
 
 Z_FLOOR = STEP_FLOOR  # the floor of z under the power and the log, as reference.qil.Z_FLOOR
 LN2 = tl.constexpr(0.6931471805599453)
@@ -185,10 +185,10 @@ def _qil_backward_kernel(
         _finish_qil_grads(center_ptr, distance_ptr, grad_center_ptr, grad_distance_ptr, grad_gamma_ptr, 0,
                           sum_a, sum_b, sum_g, True, HAS_GAMMA)
     else:
-        programs = tl.num_programs(0)
+        programs = tl.num_programs(0)  # three runs of `programs` partials; pointer steps, no int32 product
         tl.store(partial_ptr + index, sum_a)
         tl.store(partial_ptr + programs + index, sum_b)
-        tl.store(partial_ptr + 2 * programs + index, sum_g)
+        tl.store(partial_ptr + programs + programs + index, sum_g)
 
 
 @triton.jit
@@ -202,7 +202,7 @@ def _qil_sum_partials_kernel(
     ch_mask = ch < 1
     sum_a = channel_sums(partial_ptr, ch, ch_mask, n_partials, 1, n_partials, 1, BLOCK_K)
     sum_b = channel_sums(partial_ptr + n_partials, ch, ch_mask, n_partials, 1, n_partials, 1, BLOCK_K)
-    sum_g = channel_sums(partial_ptr + 2 * n_partials, ch, ch_mask, n_partials, 1, n_partials, 1, BLOCK_K)
+    sum_g = channel_sums(partial_ptr + n_partials + n_partials, ch, ch_mask, n_partials, 1, n_partials, 1, BLOCK_K)
     _finish_qil_grads(center_ptr, distance_ptr, grad_center_ptr, grad_distance_ptr, grad_gamma_ptr, ch,
                       sum_a, sum_b, sum_g, ch_mask, HAS_GAMMA)
 
@@ -246,7 +246,7 @@ def backward(grad_y, x, center, distance, gamma, levels, weight):
     view = matrix_view(x, None)
     tile = pick_tile(view)
     _, _, n_partials = partials_shape(view, tile)
-    final = n_partials == 1
+    final = bool(n_partials == 1)  # a constexpr: a plain bool even for symbolic shapes
     c, d = _one(center), _one(distance)
     g = c if gamma is None else _one(gamma)
     gc, gd, gg = _one(grad_center), _one(grad_distance), _one(grad_gamma)

@@ -165,7 +165,7 @@ def tile_partials(terms, rows, cols, row_block, col_block, n_rows, n_cols,
     is the channel's: a single program (per-tensor), grid_cols == 1 and outer == 1 (rows), or
     grid_rows == 1 (columns)."""
     if STEP_MODE == STEP_ONE:
-        return tl.sum(terms), tl.program_id(0), True
+        return tl.sum(terms), tl.program_id(0).to(tl.int64), True
     elif STEP_MODE == STEP_PER_ROW:
         return tl.sum(terms, axis=1), rows * tl.cdiv(n_cols, BLOCK_C) + col_block, rows < n_rows
     else:
@@ -192,12 +192,14 @@ def finish_step_grad(grad_step_ptr, step_ptr, index, total, grad_scale: tl.float
 def channel_sums(partial_ptr, ch, ch_mask, n_per_channel, channels, n_inner,
                  BLOCK_CH: tl.constexpr, BLOCK_K: tl.constexpr):
     """sum of partial[o, c, i] over o and i for the channels `ch`, in the partials' dtype, in an
-    order fixed by the shape: the same bits on every run."""
+    order fixed by the shape: the same bits on every run. Offsets are int64 (k and ch widened
+    before any product), so partials past 2^31 are indexed right."""
     acc = tl.zeros([BLOCK_CH, BLOCK_K], dtype=partial_ptr.dtype.element_ty)
+    ch_offsets = ch.to(tl.int64) * n_inner
     for start in range(0, n_per_channel, BLOCK_K):
-        k = start + tl.arange(0, BLOCK_K)
+        k = start + tl.arange(0, BLOCK_K).to(tl.int64)
         outer = k // n_inner
-        offsets = (outer * channels * n_inner + (k - outer * n_inner))[None, :] + (ch * n_inner)[:, None]
+        offsets = (outer * channels * n_inner + (k - outer * n_inner))[None, :] + ch_offsets[:, None]
         acc += tl.load(partial_ptr + offsets, mask=ch_mask[:, None] & (k < n_per_channel)[None, :], other=0.0)
     return tl.sum(acc, axis=1)
 
@@ -205,24 +207,18 @@ def channel_sums(partial_ptr, ch, ch_mask, n_per_channel, channels, n_inner,
 @triton.jit
 def sum_partials_kernel(
     partial_ptr, step_ptr, grad_step_ptr, grad_offset_ptr, grad_scale: tl.float64,
-    n_per_channel, channels, n_inner, BLOCK_CH: tl.constexpr, BLOCK_K: tl.constexpr, OFFSET: tl.constexpr,
+    n_partials, n_per_channel, channels, n_inner, BLOCK_CH: tl.constexpr, BLOCK_K: tl.constexpr, OFFSET: tl.constexpr,
 ):
     """The second launch of LSQ's and LSQ+'s backward, when partials are not whole channels:
     grad_step[c] = g * sum of the step partials; with OFFSET (LSQ+), also grad_offset[c] = g *
-    sum of the offset partials, stored right after the step's (outer * C * inner further)."""
-    ch = tl.program_id(0) * BLOCK_CH + tl.arange(0, BLOCK_CH)
+    sum of the offset partials, stored right after the step's (n_partials = outer * C * inner
+    further: the host's product, so no int32 product here can overflow)."""
+    ch = tl.program_id(0).to(tl.int64) * BLOCK_CH + tl.arange(0, BLOCK_CH)
     ch_mask = ch < channels
     total = channel_sums(partial_ptr, ch, ch_mask, n_per_channel, channels, n_inner, BLOCK_CH, BLOCK_K)
     finish_step_grad(grad_step_ptr, step_ptr, ch, total, grad_scale, ch_mask)
     if OFFSET:
-        total = channel_sums(partial_ptr + n_per_channel * channels, ch, ch_mask, n_per_channel, channels, n_inner,
+        total = channel_sums(partial_ptr + n_partials, ch, ch_mask, n_per_channel, channels, n_inner,
                              BLOCK_CH, BLOCK_K)
         finish_scaled_grad(grad_offset_ptr, ch, total, grad_scale, ch_mask)
 
-
-def sum_blocks(channels: int, per_channel: int) -> tuple[int, int]:
-    """(BLOCK_CH, BLOCK_K) of a partial-sum launch: up to 32 channels per program, and a
-    [BLOCK_CH, BLOCK_K] accumulator of at most 2048 values. Host code; the blocks depend on
-    the shape alone, so the summation order does too."""
-    block_ch = min(triton.next_power_of_2(channels), 32)
-    return block_ch, min(triton.next_power_of_2(per_channel), max(16, 2048 // block_ch))

@@ -7,13 +7,20 @@ the usual recipe for memory-bound kernels: 16 elements (four 16-byte loads of fl
 thread at 8 warps for large tensors. A small tensor is a single program, and a weight's rows
 (one per output channel) are never split, so that a layer's weight quantizer is one launch
 forward and one backward.
+
+Host code here runs twice: eagerly with ints, and under torch.compile with SymInts, where the
+triton_op's body is traced with symbolic shapes. Block sizes and warps are compile-time
+constants of a kernel, so they must come out as plain ints either way: `pow2_at_least` finds a
+power of two by comparisons (each a guard on a size class, never on the exact shape), where
+triton.next_power_of_2's bit tricks would hand a SymInt expression to a tl.constexpr. Grids
+and sizes may stay symbolic.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from triton import cdiv, next_power_of_2
+from triton import cdiv
 
 from .layout import STEP_ONE, STEP_PER_ROW, MatrixView
 
@@ -23,6 +30,15 @@ LARGE_TILE, LARGE_WARPS = 4096, 8
 MEDIUM_TILE, MEDIUM_WARPS = 2048, 4
 MEDIUM_MAX = 1 << 20
 WHOLE_ROW_MAX = 16384  # a weight's row (one output channel) up to this long is one program's
+
+
+def pow2_at_least(n, cap: int | None = None) -> int:
+    """The smallest power of two >= n, or `cap` (a power of two) if that is smaller: a plain
+    int even when n is a SymInt (see the module docstring)."""
+    p = 1
+    while p < n and (cap is None or p < cap):
+        p *= 2
+    return p
 
 
 @dataclass(frozen=True)
@@ -43,7 +59,7 @@ def size_class(numel: int) -> tuple[int, int]:
     if numel <= SINGLE_PROGRAM_MAX:
         # Warps so that a thread holds at most SMALL_PER_THREAD elements (more spill registers
         # in the longer backwards), a power of two as Triton requires.
-        block = max(next_power_of_2(numel), 16)
+        block = max(pow2_at_least(numel, cap=SINGLE_PROGRAM_MAX), 16)
         return block, max(1, min(MEDIUM_WARPS * 2, block // (32 * SMALL_PER_THREAD)))
     if numel <= MEDIUM_MAX:
         return MEDIUM_TILE, MEDIUM_WARPS
@@ -56,13 +72,13 @@ def pick_tile(view: MatrixView, elements: int | None = None, warps: int | None =
     numel = view.rows * view.cols
     default_elements, default_warps = size_class(numel)
     elements, warps = elements or default_elements, warps or default_warps
-    block_cols = min(next_power_of_2(view.cols), elements)
+    block_cols = pow2_at_least(view.cols, cap=elements)
     if view.step_mode == STEP_PER_ROW and view.outer == 1 and block_cols < view.cols <= WHOLE_ROW_MAX:
         # Weights: a program takes whole rows, so each channel's step gradient is finished in
         # the backward kernel itself, with no second launch. More warps keep registers in hand.
-        block_cols = next_power_of_2(view.cols)
+        block_cols = pow2_at_least(view.cols, cap=WHOLE_ROW_MAX)
         warps = max(warps, min(16, block_cols // 512))
-    block_rows = min(max(1, elements // block_cols), next_power_of_2(view.rows))
+    block_rows = pow2_at_least(view.rows, cap=max(1, elements // block_cols))
     return Tile(block_rows, block_cols, warps, cdiv(view.rows, block_rows), cdiv(view.cols, block_cols))
 
 
@@ -74,3 +90,11 @@ def partials_shape(view: MatrixView, tile: Tile) -> tuple[int, int, int]:
     if view.step_mode == STEP_PER_ROW:
         return view.outer, view.channels, tile.grid_cols
     return tile.grid_rows, view.channels, 1
+
+
+def sum_blocks(channels, per_channel) -> tuple[int, int]:
+    """(BLOCK_CH, BLOCK_K) of a partial-sum launch (tile_math.sum_partials_kernel): up to 32
+    channels per program, and a [BLOCK_CH, BLOCK_K] accumulator of at most 2048 values. The
+    blocks depend on the shape alone, so the summation order does too."""
+    block_ch = pow2_at_least(channels, cap=32)
+    return block_ch, pow2_at_least(per_channel, cap=max(16, 2048 // block_ch))
