@@ -1,10 +1,27 @@
-"""Test inputs and an exact oracle for the step gradient (shared/spec/quantizers.md, section 1)."""
+"""Test inputs, and exact oracles for every parameter gradient (shared/spec/quantizers.md).
+
+A parameter gradient (LSQ's step, LSQ+'s step and offset, QIL's centre, distance and exponent)
+is a sum of per-element terms, and the contract bounds its error by 1e-5 of the sum of the
+terms' absolute values: cancellation can leave the sum itself far smaller, so a bare rtol on
+the result fails on some seeds. Every such comparison in the suite goes through one helper,
+`assert_grad_within`, against a `Bound`: the exact float64 sum of the terms (from the inputs as
+the kernels see them) and its allowed error. `QuantizerTaps` gets the terms of every quantizer
+inside a model, from its input and the gradient reaching its output.
+"""
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import torch
 
 import lsq_fast
+from lsq_fast import reference
+from lsq_fast._args import STEP_FLOOR
+from lsq_fast.quantizer import grad_scale_over_ranks
+
+GRAD_REL = 1e-5  # the contract's bound on a parameter gradient, relative to the sum of |terms|
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -78,15 +95,209 @@ def per_step_sum(t: torch.Tensor, channel_axis) -> torch.Tensor:
     return t.movedim(channel_axis, 0).reshape(t.shape[channel_axis], -1).sum(1)
 
 
-def assert_step_grad_close(actual, x, step, grad_y, bits, signed, channel_axis, grad_scale=None, rel=1e-5):
-    """Within `rel` of the float64 sum, relative to the sum of the absolute terms (the issue's bound)."""
-    terms = step_grad_terms(x, step, grad_y, bits, signed, channel_axis)
-    axis = None if channel_axis is None else channel_axis % x.dim()
-    g = grad_scale
-    if g is None:
-        n = x.numel() if axis is None else (x.numel() // x.shape[axis] if x.shape[axis] else 0)
-        g = lsq_fast.default_grad_scale(n, bits, signed)
-    exact = g * per_step_sum(terms, axis)
-    bound = rel * abs(g) * per_step_sum(terms.abs(), axis) + 1e-30
-    err = (actual.detach().to(torch.float64).reshape(-1) - exact).abs()
-    assert torch.all(err <= bound), f"step grad off by {(err / bound).max():.3g} x the bound; got {actual}, want {exact}"
+def math_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def along(p: torch.Tensor, x: torch.Tensor, axis) -> torch.Tensor:
+    """A per-step tensor shaped to broadcast against x (a scalar for axis None)."""
+    return p.reshape(()) if axis is None else p.reshape([-1 if d == axis % x.dim() else 1 for d in range(x.dim())])
+
+
+class Bound(NamedTuple):
+    """A parameter gradient's exact value (float64, flat) and the error the contract allows."""
+
+    exact: torch.Tensor
+    bound: torch.Tensor
+
+
+def sum_bound(terms, axis, scale=1.0, abs_terms=None, rel=GRAD_REL) -> Bound:
+    """scale * (the sum of `terms` per step), within rel * |scale| * (the sum of |terms| per
+    step), or of `abs_terms` where the rounding errors scale with something else (a difference
+    of large values, a reference's own operation order)."""
+    ax = None if axis is None else axis % terms.dim()
+    magnitude = terms.abs() if abs_terms is None else abs_terms
+    return Bound(scale * per_step_sum(terms, ax), rel * abs(scale) * per_step_sum(magnitude, ax))
+
+
+def assert_grad_within(actual: torch.Tensor, b: Bound, what: str = "gradient") -> None:
+    """The one comparison of a parameter gradient: |actual - exact| <= bound, elementwise."""
+    err = (actual.detach().cpu().to(torch.float64).reshape(-1) - b.exact.reshape(-1)).abs()
+    bound = b.bound.reshape(-1) + 1e-30
+    assert torch.all(err <= bound), (
+        f"{what} off by {(err / bound).max():.3g} x the bound: got {actual.detach().cpu().reshape(-1)[:8].tolist()}, "
+        f"want {b.exact.reshape(-1)[:8].tolist()}"
+    )
+
+
+def default_scale(x, bits, signed, axis, grad_scale=None) -> float:
+    """grad_scale, or LSQ's 1 / sqrt(N * qmax) for x (N the elements per step)."""
+    if grad_scale is not None:
+        return grad_scale
+    n = x.numel() if axis is None else (x.numel() // x.shape[axis] if x.shape[axis] else 0)
+    return lsq_fast.default_grad_scale(n, bits, signed)
+
+
+def soft_round_oracle(x, step, grad_y, bits, signed, axis, k):
+    """LG-LSQ's arctan soft round: grad_x, the step-gradient terms, and the magnitude their
+    rounding errors scale with (round(u) - u * slope is a difference), all float64 from u as the
+    kernels compute it."""
+    qmin, qmax = lsq_fast.qrange(bits, signed)
+    u = u_in_math(x, step, axis).to(torch.float64)
+    f = u - u.floor()
+    slope = k / (2 * math.atan(k / 2)) / (1 + (k * (f - 0.5)) ** 2)
+    below, above = u <= qmin, u >= qmax
+    gy = grad_y.to(torch.float64)
+    gx = torch.where(below | above, 0.0, gy * slope)
+    terms = gy * torch.where(below, float(qmin), torch.where(above, float(qmax), u.round() - u * slope))
+    scale = gy.abs() * torch.where(below | above, float(max(-qmin, qmax)), u.round().abs() + (u * slope).abs())
+    return gx, terms, scale
+
+
+def lsq_step_bound(x, step, grad_y, bits, signed, axis, grad_scale=None, soft_round_k=None, rel=GRAD_REL) -> Bound:
+    """LSQ's step gradient (straight-through, or LG-LSQ's soft round with sharpness k)."""
+    g = default_scale(x, bits, signed, axis, grad_scale)
+    if soft_round_k is None:
+        return sum_bound(step_grad_terms(x, step, grad_y, bits, signed, axis), axis, g, rel=rel)
+    _, terms, magnitude = soft_round_oracle(x, step, grad_y, bits, signed, axis, soft_round_k)
+    return sum_bound(terms, axis, g, abs_terms=magnitude, rel=rel)
+
+
+def assert_step_grad_close(actual, x, step, grad_y, bits, signed, channel_axis, grad_scale=None, rel=GRAD_REL,
+                           soft_round_k=None):
+    """LSQ's step gradient within the contract's bound of the exact sum."""
+    b = lsq_step_bound(x, step, grad_y, bits, signed, channel_axis, grad_scale, soft_round_k, rel)
+    assert_grad_within(actual, b, "grad_step")
+
+
+def lsq_plus_terms(x, step, offset, grad_y, bits, signed, axis):
+    """LSQ+ from u = (x - beta) / s as the kernels compute it: (u, clipped, step terms, offset
+    terms), the terms in float64 (the offset's are grad_y where clipped: y = clip(...) * s + beta)."""
+    qmin, qmax = lsq_fast.qrange(bits, signed)
+    m = math_dtype(x.dtype)
+    u = (x.to(m) - along(offset.to(m), x, axis)) / along(step.to(m).clamp_min(STEP_FLOOR), x, axis)
+    below, above = u <= qmin, u >= qmax
+    gy = grad_y.to(torch.float64)
+    dyds = torch.where(below, float(qmin), torch.where(above, float(qmax), u.round() - u)).to(torch.float64)
+    return u, below | above, gy * dyds, gy * (below | above)
+
+
+def lsq_plus_bounds(x, step, offset, grad_y, bits, signed, axis, grad_scale=None) -> dict[str, Bound]:
+    """LSQ+'s step and offset gradients (both scaled by g)."""
+    g = default_scale(x, bits, signed, axis, grad_scale)
+    _, _, step_terms, offset_terms = lsq_plus_terms(x, step, offset, grad_y, bits, signed, axis)
+    return {"step": sum_bound(step_terms, axis, g), "offset": sum_bound(offset_terms, axis, g)}
+
+
+def qil_oracle(x, center, distance, gamma, grad_y, weight):
+    """QIL's gradients (spec section 3) in float64 from pre = alpha * |x| + beta as the reference
+    rounds it: (grad_x, {center, distance, gamma: Bound}, inside, pre, alpha)."""
+    m = math_dtype(x.dtype)
+    alpha, beta = reference.qil._interval(center, distance, m)
+    xm = x.to(m)
+    pre = alpha * (xm.abs() if weight else xm) + beta
+    c64, raw_d = float(center), float(distance)
+    d64 = max(raw_d, STEP_FLOOR)
+    gy = grad_y.to(torch.float64)
+    x64 = xm.to(torch.float64)
+    if weight:
+        g = 1.0 if gamma is None else float(gamma.to(m))
+        inside = (pre >= STEP_FLOOR) & (pre < 1)
+        z = pre.clamp(0, 1).to(torch.float64)
+        kept = z > 0
+        zs = torch.where(kept, z.clamp_min(STEP_FLOOR), torch.ones_like(z))
+        sign = torch.sign(x64)
+        p = g * zs ** (g - 1)
+        gx = torch.where(inside & (x64 != 0), gy * p * float(alpha), 0.0)
+        b_terms = torch.where(inside, gy * p * sign, 0.0)
+        a_terms = b_terms * x64.abs()
+        g_terms = torch.where(kept, gy * sign * zs**g * torch.log(zs), 0.0)
+    else:
+        inside = ~((pre <= 0) | (pre >= 1))
+        gx = torch.where(inside, gy * float(alpha), 0.0)
+        b_terms = torch.where(inside, gy, 0.0)
+        a_terms = torch.where(inside, gy * x64, 0.0)
+        g_terms = torch.zeros_like(gy)
+    A, B, G = a_terms.sum(), b_terms.sum(), g_terms.sum()
+    absA, absB, absG = a_terms.abs().sum(), b_terms.abs().sum(), g_terms.abs().sum()
+    live_d = raw_d >= STEP_FLOOR
+    # c and d through alpha = 0.5 / d and beta = 0.5 - 0.5 c / d: the chain rule on A and B
+    bounds = {
+        "center": Bound((B * (-0.5 / d64)).reshape(1), (GRAD_REL * absB * 0.5 / d64).reshape(1)),
+        "distance": Bound(((A * (-0.5 / d64**2) + B * (0.5 * c64 / d64**2)) * live_d).reshape(1),
+                          (GRAD_REL * (absA * 0.5 / d64**2 + absB * 0.5 * abs(c64) / d64**2) * live_d).reshape(1)),
+        "gamma": Bound(G.reshape(1), (GRAD_REL * absG).reshape(1)),
+    }
+    return gx, bounds, inside, pre, alpha
+
+
+class QuantizerTaps:
+    """Records, by module hooks, each quantizer's input and parameters in a forward and the
+    gradient reaching its output in the backward, then gives the contract's Bound of every
+    quantizer parameter's gradient (by its name in the model). For eager models: the compiled
+    or distributed twin is checked against the eager one's bounds, as both see the same inputs.
+    Use as a context manager; `clear()` between steps."""
+
+    def __init__(self, model: torch.nn.Module):
+        self._records = {}
+        self._handles = []
+        for name, module in model.named_modules():
+            if isinstance(module, (lsq_fast.LSQQuantizer, lsq_fast.LSQPlusQuantizer, lsq_fast.QILQuantizer)):
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name):
+        def record(module, inputs, y):
+            x = inputs[0].detach()
+            if x.dtype != y.dtype:  # autocast: the quantizer ran in y's dtype
+                x = x.to(y.dtype)
+            entry = {"module": module, "x": x, "params": {k: p.detach().clone() for k, p in module.named_parameters()}}
+            self._records[name] = entry
+            if y.requires_grad:
+                y.register_hook(lambda g: entry.__setitem__("grad_y", g.detach()))
+
+        return record
+
+    def clear(self) -> None:
+        self._records.clear()
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def bounds(self) -> dict[str, Bound]:
+        out = {}
+        for name, r in self._records.items():
+            prefix = f"{name}." if name else ""
+            for param, b in _quantizer_bounds(r["module"], r["x"], r["params"], r["grad_y"]).items():
+                out[prefix + param] = b
+        return out
+
+
+def _quantizer_bounds(q, x, params, grad_y) -> dict[str, Bound]:
+    x, grad_y = x.cpu(), grad_y.cpu()
+    params = {k: v.cpu() for k, v in params.items()}
+    if isinstance(q, lsq_fast.LSQQuantizer):
+        k = None if q.round_grad == "ste" else q.k
+        return {"step": lsq_step_bound(x, params["step"], grad_y, q.bits, q.signed, q.channel_axis,
+                                       q._grad_scale(x), soft_round_k=k)}
+    if isinstance(q, lsq_fast.LSQPlusQuantizer):
+        g = grad_scale_over_ranks(x, q.grad_scale, q.role, q.channel_axis, lsq_fast.qrange(q.bits, q.signed)[1])
+        return lsq_plus_bounds(x, params["step"], params["offset"], grad_y, q.bits, q.signed, q.channel_axis, g)
+    weight = q.role == "weight"
+    _, bounds, *_ = qil_oracle(x, params["center"], params["distance"], params.get("gamma"), grad_y, weight)
+    return {k: b for k, b in bounds.items() if k in params}
+
+
+def assert_quantizer_grads_within(grads: dict[str, torch.Tensor], bounds: dict[str, Bound], what: str = "") -> None:
+    """Every quantizer parameter's gradient in `grads` (name -> tensor) within its bound."""
+    assert bounds, "no quantizer was recorded"
+    for name, b in bounds.items():
+        assert name in grads, f"no gradient for {name}"
+        assert_grad_within(grads[name], b, f"{what}{name}")

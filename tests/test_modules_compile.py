@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 from lsq_fast import quantize_model
+from lsq_oracle import QuantizerTaps, assert_quantizer_grads_within
 from tiny_models import small_cnn, toy_task
 
 
@@ -32,6 +33,7 @@ def test_compile_fullgraph_after_first_step(quantized_block):
     model, (images, labels) = quantized_block
     train_step(model, images, labels)
     eager = copy.deepcopy(model)
+    taps = QuantizerTaps(eager)  # eager's quantizers give the bounds of both models' step gradients
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True)
     for _ in range(2):
@@ -39,7 +41,11 @@ def test_compile_fullgraph_after_first_step(quantized_block):
         loss_ref, grads_ref = train_step(eager, images, labels)
         torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
         assert grads.keys() == grads_ref.keys()
-        for name in grads:
+        bounds = taps.bounds()
+        assert len(bounds) == 8  # 4 layers' weight and input steps
+        assert_quantizer_grads_within(grads, bounds, "compiled: ")
+        assert_quantizer_grads_within(grads_ref, bounds, "eager: ")
+        for name in grads.keys() - bounds.keys():  # the float weights and biases
             torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-4, atol=1e-5, msg=name)
         with torch.no_grad():  # move the steps, as training would
             for m in (model, eager):
