@@ -1,9 +1,11 @@
 """DistributedDataParallel with the gloo backend, two processes on this machine: every rank
-initialises from its own slice of the first batch, yet all ranks hold the same steps and
-weights after a few SGD steps, equal to one process training on the whole batches. The same
+initialises from its own slice of the first batch, yet all ranks hold the same steps, equal to
+one process's on the whole batch, and at every SGD step the same gradients as one process from
+the same parameters (quantizer parameters within the contract's bound). The same
 for LSQ+ and QIL models, and for each family quantizer's initialisation on its own (LSQ+'s
 min/max and MSE search, LSQ+'s 3-sigma weight init, QIL's interval)."""
 
+import copy
 import warnings
 
 import pytest
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from lsq_fast import LSQPlusQuantizer, LSQQuantizer, QILQuantizer, quantize_model
+from lsq_oracle import QuantizerTaps, assert_quantizer_grads_within
 from tiny_models import small_cnn, toy_task
 
 WORLD = 2
@@ -25,8 +28,14 @@ def batches(seed: int):
     return [toy_task(8, generator=generator) for _ in range(STEPS)]
 
 
-def train(seed: int, rank: int = 0, world: int = 1, method: str = "lsq") -> dict[str, torch.Tensor]:
-    """SGD on this rank's slice of every batch (the whole batch when world == 1)."""
+def train(seed: int, rank: int = 0, world: int = 1, method: str = "lsq", follow: str | None = None) -> dict:
+    """SGD on this rank's slice of every batch (the whole batch when world == 1). Returns, per
+    step, the state the forward used (after the first step's initialisation) and every
+    parameter's gradient; one process (world == 1) also gives the contract's bound of each
+    quantizer parameter's gradient (lsq_oracle.QuantizerTaps). With `follow` (a file of one
+    process's run), the steps after the first start from that run's state: every step then
+    compares gradients from the same parameters, not trajectories that rounding can part
+    (a last-bit change in a step can move a value across a rounding tie, and then a level)."""
     torch.manual_seed(seed)  # the same float weights on every rank
     model = small_cnn()
     quantize_model(model, method=method)
@@ -36,36 +45,70 @@ def train(seed: int, rank: int = 0, world: int = 1, method: str = "lsq") -> dict
     rest = [p for p in net.parameters() if not any(p is q for q in interval)]
     groups = [dict(params=rest)] + ([dict(params=interval, lr=0.001)] if interval else [])
     optimizer = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
-    for images, labels in batches(seed):
+    leader = torch.load(follow, weights_only=False)["steps"] if follow else None
+    taps = QuantizerTaps(model) if world == 1 else None
+    steps = []
+    for t, (images, labels) in enumerate(batches(seed)):
+        if leader and t > 0:
+            model.load_state_dict(leader[t]["state"])
         images, labels = images.chunk(world)[rank], labels.chunk(world)[rank]
         optimizer.zero_grad()
         with warnings.catch_warnings():  # QIL on the image: its negative values clip to 0, as it says
             warnings.simplefilter("ignore", UserWarning)
             F.cross_entropy(net(images), labels).backward()
+        steps.append({
+            "state": copy.deepcopy(model.state_dict()),  # tensors, and the quantizers' extra state
+            "grads": {k: p.grad.detach().clone() for k, p in model.named_parameters()},
+            "bounds": taps.bounds() if taps else None,
+        })
         optimizer.step()
-    return {name: t.detach().clone() for name, t in model.state_dict().items() if isinstance(t, torch.Tensor)}
+    return {"steps": steps}
 
 
-def _rank_main(rank: int, seed: int, store: str, results: str) -> None:
+def assert_same_steps(ranks: list[dict], single: dict, what: str = "") -> None:
+    """The ranks agree to the bit; the first step's initialised state equals one process's; at
+    every step the quantizer parameters' gradients are within the contract's bound of the exact
+    sums (one process's terms), the float weights' within float32 rounding of one process's."""
+    for t, step in enumerate(single["steps"]):
+        for r in ranks:
+            for kind in ("state", "grads"):
+                for k, v in r["steps"][t][kind].items():
+                    other = ranks[0]["steps"][t][kind][k]
+                    same = torch.equal(v, other) if isinstance(v, torch.Tensor) else v == other
+                    assert same, f"{what}{k} ({kind}, step {t}) differs between ranks"
+        mine = ranks[0]["steps"][t]
+        if t == 0:  # the initialisation: statistics summed over the ranks, in float64
+            for k, v in step["state"].items():
+                if isinstance(v, torch.Tensor):
+                    torch.testing.assert_close(mine["state"][k], v, rtol=1e-5, atol=1e-7, msg=what + k)
+                else:
+                    assert mine["state"][k] == v, what + k
+        bounds = step["bounds"]
+        assert_quantizer_grads_within(mine["grads"], bounds, f"{what}step {t}: ")
+        assert_quantizer_grads_within(step["grads"], bounds, f"{what}step {t}, one process: ")
+        for k in step["grads"].keys() - bounds.keys():  # weights and biases: a sum over the batch, in halves
+            want = step["grads"][k]
+            torch.testing.assert_close(mine["grads"][k], want, rtol=1e-5, atol=1e-5 * float(want.abs().max()), msg=what + k)
+
+
+def _rank_main(rank: int, seed: int, store: str, results: str, follow: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
-        torch.save(train(seed, rank, WORLD), f"{results}.{rank}")
+        torch.save(train(seed, rank, WORLD, follow=follow), f"{results}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
 def test_ddp_matches_one_process_on_the_whole_batch(tmp_path, seed):
-    results = tmp_path / "state"
-    mp.spawn(_rank_main, args=(seed, str(tmp_path / "store"), str(results)), nprocs=WORLD, join=True)
-    ranks = [torch.load(f"{results}.{rank}", weights_only=True) for rank in range(WORLD)]
     single = train(seed)
-
-    steps = [name for name in single if name.endswith("quantizer.step")]
-    assert len(steps) == 8
-    for name, value in single.items():
-        assert all(torch.equal(r[name], ranks[0][name]) for r in ranks), f"{name} differs between ranks"
-        torch.testing.assert_close(ranks[0][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    torch.save(single, tmp_path / "single")
+    results = tmp_path / "state"
+    mp.spawn(_rank_main, args=(seed, str(tmp_path / "store"), str(results), str(tmp_path / "single")),
+             nprocs=WORLD, join=True)
+    ranks = [torch.load(f"{results}.{rank}", weights_only=False) for rank in range(WORLD)]
+    assert len(single["steps"][0]["bounds"]) == 8  # 4 layers' weight and input steps
+    assert_same_steps(ranks, single)
 
 
 # -- the family's initialisation, quantizer by quantizer; LSQ+ and QIL models -----------------------
@@ -108,12 +151,12 @@ def family_init(seed: int, rank: int = 0, world: int = 1) -> dict[str, torch.Ten
     return out
 
 
-def _family_rank_main(rank: int, seed: int, store: str, results: str) -> None:
+def _family_rank_main(rank: int, seed: int, store: str, results: str, follow: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
-        state = {f"init.{k}": v for k, v in family_init(seed, rank, WORLD).items()}
+        state = {"init": family_init(seed, rank, WORLD)}
         for method in ("lsq+", "qil"):
-            state.update({f"{method}.{k}": v for k, v in train(seed, rank, WORLD, method).items()})
+            state[method] = train(seed, rank, WORLD, method, follow=f"{follow}.{method}")
         torch.save(state, f"{results}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -121,17 +164,23 @@ def _family_rank_main(rank: int, seed: int, store: str, results: str) -> None:
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
 def test_ddp_family_matches_one_process(tmp_path, seed):
-    results = tmp_path / "state"
-    mp.spawn(_family_rank_main, args=(seed, str(tmp_path / "store"), str(results)), nprocs=WORLD, join=True)
-    ranks = [torch.load(f"{results}.{rank}", weights_only=True) for rank in range(WORLD)]
-    single = {f"init.{k}": v for k, v in family_init(seed).items()}
+    single = {"init": family_init(seed)}
     for method in ("lsq+", "qil"):
-        single.update({f"{method}.{k}": v for k, v in train(seed, method=method).items()})
+        single[method] = train(seed, method=method)
+        torch.save(single[method], tmp_path / f"single.{method}")
+    results = tmp_path / "state"
+    mp.spawn(_family_rank_main, args=(seed, str(tmp_path / "store"), str(results), str(tmp_path / "single")),
+             nprocs=WORLD, join=True)
+    ranks = [torch.load(f"{results}.{rank}", weights_only=False) for rank in range(WORLD)]
 
-    assert ranks[0].keys() == single.keys()
-    assert sum(k.startswith("init.mse") and ".after-first." in k for k in single) == 4
-    assert sum(k.endswith(("quantizer.offset", "quantizer.center")) for k in single) == 4 + 8
-    for name, value in single.items():
-        assert all(torch.equal(r[name], ranks[0][name]) for r in ranks), f"{name} differs between ranks"
-        # min/max and the MSE candidates are exact; sums (3-sigma's, the gradients') within rounding
-        torch.testing.assert_close(ranks[0][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    init = single["init"]
+    assert ranks[0]["init"].keys() == init.keys()
+    assert sum(k.startswith("mse") and ".after-first." in k for k in init) == 4
+    for name, value in init.items():
+        assert all(torch.equal(r["init"][name], ranks[0]["init"][name]) for r in ranks), f"{name} differs between ranks"
+        # min/max and the MSE candidates are exact; 3-sigma's sums within float64 rounding
+        torch.testing.assert_close(ranks[0]["init"][name], value, rtol=1e-5, atol=1e-7, msg=name)
+    assert len(single["lsq+"]["steps"][0]["bounds"]) == 4 + 8  # weight steps; input steps and offsets
+    assert len(single["qil"]["steps"][0]["bounds"]) == 4 * 3 + 4 * 2  # weights: c, d, gamma; inputs: c, d
+    for method in ("lsq+", "qil"):
+        assert_same_steps([r[method] for r in ranks], single[method], f"{method}: ")

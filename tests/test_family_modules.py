@@ -25,7 +25,7 @@ from lsq_fast import (
     reference,
 )
 from lsq_oracle import QuantizerTaps, assert_grad_within, assert_step_grad_close
-from tiny_models import small_cnn, toy_task
+from tiny_models import INTERVAL_LR, METHODS, PASS_MARK, small_cnn, toy_task, train_small_cnn
 
 QUANTIZER_PARAMS = ("step", "offset", "center", "distance", "gamma")
 
@@ -474,15 +474,6 @@ def test_bad_method_leaves_model_float():
 
 # -- training: each method fits the toy task, and its quantizers learn ----------------------------------
 
-METHODS = {
-    "lsq": dict(),
-    # LG-LSQ's soft round is for low bits. At 8 bits (the first and last layers by default) its
-    # step gradient, round(u) - u * slope(u) with |u| up to 127, is noisy: on about 1 seed in
-    # 13 the first layer's weight step is driven to its floor and the toy network collapses.
-    "lsq-arctan": dict(round_grad="arctan", first_last_bits=None),
-    "lsq+": dict(method="lsq+"),
-    "qil": dict(method="qil"),
-}
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -491,28 +482,18 @@ def test_small_cnn_trains_with_each_method(seed, name):
     model = small_cnn(batch_norm=True)
     quantize_model(model, **METHODS[name])
     images, labels = toy_task()
-    # QIL's interval parameters get the sum of their elements' gradients, unscaled (the spec
-    # has no g for QIL): at the network's learning rate one step moves the intervals past every
-    # weight, everything is pruned and nothing learns again. A smaller rate for them, as QIL
-    # training does.
-    interval = [p for k, p in model.named_parameters() if name == "qil" and "quantizer." in k]
-    rest = [p for p in model.parameters() if not any(p is q for q in interval)]
-    groups = [dict(params=rest)] + ([dict(params=interval, lr=0.001)] if interval else [])
-    optimizer = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
-    losses, initial, first_grads = [], None, None
+    first = {}
+
+    def record(model):
+        first["params"] = quantizer_params(model)
+        first["grads"] = {k: p.grad.clone() for k, p in model.named_parameters() if k in first["params"]}
+
     # QIL's input quantizer on the first layer (the image) clips its negative values, and says so
     with pytest.warns(UserWarning, match="negative values") if name == "qil" else contextlib.nullcontext():
-        for i in range(40):  # at 25 steps, as test_modules.py's LSQ run, about 1 seed in 10 is at 0.7-0.75
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(images), labels)
-            loss.backward()
-            if i == 0:
-                initial = quantizer_params(model)
-                first_grads = {k: p.grad.clone() for k, p in model.named_parameters() if k in initial}
-            optimizer.step()
-            losses.append(loss.item())
+        losses = train_small_cnn(model, images, labels, interval_lr=INTERVAL_LR[name], after_first_backward=record)
+    initial, first_grads = first["params"], first["grads"]
     assert all(math.isfinite(loss) for loss in losses)
-    assert losses[-1] < 0.7 * losses[0], losses
+    assert losses[-1] < PASS_MARK[name] * losses[0], losses  # calibrated: tests/calibrate_training.py
 
     # 4 layers' weight and input quantizers: steps; steps and offsets; centres, distances, gammas
     expected = {"lsq": 8, "lsq-arctan": 8, "lsq+": 12, "qil": 20}[name]
