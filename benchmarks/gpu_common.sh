@@ -34,9 +34,16 @@ build() {
     local log=$1 budget=$2 archs=""
     has_gpu && archs=$(gpu_archs)
     echo "== build for ${archs:-the default architectures of setup.py} into $SITE (at most $budget s; log: $log)"
-    rm -rf "$SITE"
+    rm -rf "$SITE" "$SITE.build"
+    local how=(-m pip install --no-build-isolation --no-deps --no-cache-dir --target "$SITE" -v .)
+    if ! "$PY" -c "import setuptools.command.bdist_wheel" 2>/dev/null && ! "$PY" -c "import wheel" 2>/dev/null; then
+        # setuptools before 70.1 and no wheel package (and no network to fetch one): pip cannot
+        # build a wheel, so setuptools lays out the same package tree itself
+        echo "note: no bdist_wheel here: building with setup.py build into $SITE"
+        how=(setup.py build --build-lib "$SITE" --build-temp "$SITE.build")
+    fi
     (cd "$repo" && env ${archs:+TORCH_CUDA_ARCH_LIST="$archs"} MAX_JOBS="$(nproc)" timeout "$budget" \
-        "$PY" -m pip install --no-build-isolation --no-deps --no-cache-dir --target "$SITE" -v .) >"$log" 2>&1
+        "$PY" "${how[@]}") >"$log" 2>&1
     local rc=$?
     if [ "$rc" -ne 0 ]; then
         echo "build failed (exit $rc); the lines that name an error (all of it in $log):"
