@@ -18,7 +18,7 @@ import torch
 
 import lsq_fast
 from lsq_fast import reference
-from lsq_fast._args import STEP_FLOOR
+from lsq_fast._args import STEP_FLOOR, numel_per_step
 from lsq_fast.quantizer import grad_scale_over_ranks
 
 GRAD_REL = 1e-5  # the contract's bound on a parameter gradient, relative to the sum of |terms|
@@ -132,10 +132,7 @@ def assert_grad_within(actual: torch.Tensor, b: Bound, what: str = "gradient") -
 
 def default_scale(x, bits, signed, axis, grad_scale=None) -> float:
     """grad_scale, or LSQ's 1 / sqrt(N * qmax) for x (N the elements per step)."""
-    if grad_scale is not None:
-        return grad_scale
-    n = x.numel() if axis is None else (x.numel() // x.shape[axis] if x.shape[axis] else 0)
-    return lsq_fast.default_grad_scale(n, bits, signed)
+    return grad_scale if grad_scale is not None else lsq_fast.default_grad_scale(numel_per_step(x, axis), bits, signed)
 
 
 def soft_round_oracle(x, step, grad_y, bits, signed, axis, k):

@@ -26,7 +26,7 @@ from .tile_math import (
     cast_for_store, clip_and_round, finish_step_grad, host_scalar, ieee_div, load_step, mul_rn, round_half_to_even,
     sum_partials_kernel, tile_indices, tile_partials, to_math,
 )
-from .tiles import Tile, partials_shape, pick_tile, sum_blocks
+from .tiles import Tile, one_pass, partials_shape, pick_tile, sum_blocks
 
 
 @triton.jit
@@ -166,7 +166,7 @@ def backward(grad_y, x, step, qmin, qmax, channel_axis, grad_scale, soft_round_k
         grad_scale = grad_scale_for_qmax(x.numel() // step.numel(), qmax)
     grad_step = torch.empty_like(step)
     outer, channels, inner = partials_shape(view, tile)
-    final = bool(outer * inner == 1)  # a constexpr: a plain bool even for symbolic shapes
+    final = one_pass((outer, channels, inner))
     partials = grad_step if final else torch.empty(outer * channels * inner, device=x.device, dtype=partials_dtype(x))
     launch(_lsq_backward_kernel, tile.programs)(
         grad_y, x, step, grad_x, partials, grad_step, grad_scale,

@@ -30,7 +30,7 @@ from .tile_math import (
     cast_for_store, clip_and_round, finish_scaled_grad, finish_step_grad, ieee_div, load_per_step, load_step,
     mul_rn, round_half_to_even, tile_indices, tile_partials, to_math,
 )
-from .tiles import Tile, partials_shape, pick_tile
+from .tiles import Tile, one_pass, partials_shape, pick_tile
 
 
 @triton.jit
@@ -124,7 +124,7 @@ def backward(grad_y, x, step, offset, qmin, qmax, channel_axis, grad_scale,
         grad_scale = grad_scale_for_qmax(x.numel() // step.numel(), qmax)
     grad_step, grad_offset = torch.empty_like(step), torch.empty_like(offset)
     outer, channels, inner = partials_shape(view, tile)
-    final = bool(outer * inner == 1)  # a constexpr: a plain bool even for symbolic shapes
+    final = one_pass((outer, channels, inner))
     n_partials = outer * channels * inner
     # Step partials, then offset partials: one buffer, so one launch sums both.
     partials = grad_step if final else torch.empty(2 * n_partials, device=x.device, dtype=partials_dtype(x))

@@ -36,7 +36,7 @@ from .tile_math import (
     STEP_FLOOR, STEP_ONE, cast_for_store, channel_sums, host_scalar, ieee_div, mul_rn, round_half_to_even,
     tile_indices, tile_partials, to_math,
 )
-from .tiles import partials_shape, pick_tile, sum_blocks
+from .tiles import one_pass, partials_shape, pick_tile, sum_blocks
 
 Z_FLOOR = STEP_FLOOR  # the floor of z under the power and the log, as reference.qil.Z_FLOOR
 LN2 = tl.constexpr(0.6931471805599453)
@@ -245,8 +245,8 @@ def backward(grad_y, x, center, distance, gamma, levels, weight):
         return grad_x, grad_center, grad_distance, grad_gamma
     view = matrix_view(x, None)
     tile = pick_tile(view)
-    _, _, n_partials = partials_shape(view, tile)
-    final = bool(n_partials == 1)  # a constexpr: a plain bool even for symbolic shapes
+    partials_of = partials_shape(view, tile)
+    n_partials, final = partials_of[2], one_pass(partials_of)
     c, d = _one(center), _one(distance)
     g = c if gamma is None else _one(gamma)
     gc, gd, gg = _one(grad_center), _one(grad_distance), _one(grad_gamma)

@@ -82,6 +82,14 @@ def pick_tile(view: MatrixView, elements: int | None = None, warps: int | None =
     return Tile(block_rows, block_cols, warps, cdiv(view.rows, block_rows), cdiv(view.cols, block_cols))
 
 
+def one_pass(partials: tuple[int, int, int]) -> bool:
+    """Whether partials_shape's [outer, C, inner] is one partial per channel: the backward kernel
+    finishes the parameter gradients itself (FINAL, no second launch). A plain bool, even for
+    symbolic shapes: it is a kernel's compile-time constant."""
+    outer, _, inner = partials
+    return bool(outer * inner == 1)
+
+
 def partials_shape(view: MatrixView, tile: Tile) -> tuple[int, int, int]:
     """The backward's step-gradient partials as [outer, channels, inner]: channel c sums
     [:, c, :]. outer * inner == 1 means each partial is a channel's whole sum (one launch)."""
