@@ -21,7 +21,7 @@ CUDA_VENV ?= .venv-cuda
 CUDA_PY := $(CUDA_VENV)/bin/python
 CUDA_TORCH_SPEC ?= torch==2.14.1
 CUDA_SRC := build-cuda/src
-CUDA_TESTS ?= test_build.py test_lsq_contract.py test_family_kernels.py test_op_registration.py test_errors.py test_triton_symbolic.py
+CUDA_TESTS ?= test_build.py test_ops_lsq.py test_ops_lsq_plus.py test_ops_qil.py test_op_registration.py test_errors.py test_triton_symbolic.py
 
 .PHONY: help install test bench bench-pytest ctest check-cuda-build clean
 

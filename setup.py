@@ -111,7 +111,7 @@ if __name__ == "__main__":
         version="0.1.0",
         description="Fused kernels for Learned Step Size Quantization (LSQ) and its relatives",
         packages=find_packages(include=["lsq_fast", "lsq_fast.*"]),
-        package_data={"lsq_fast": ["backend_table.json"]},  # backend="auto" on CUDA tensors
+        package_data={"lsq_fast.ops": ["backend_table.json"]},  # backend="auto" on CUDA tensors
         python_requires=">=3.10",
         install_requires=["torch>=2.6"],  # torch.library.triton_op / wrap_triton
         extras_require={

@@ -13,7 +13,7 @@ fused op against its own plain-PyTorch reference, on the same tensors.
 Providers (each a function f(x, *params) -> y, params the quantizer's learned tensors (LSQ: step),
 with the case's bits/signed/axis/grad scale baked in):
   lsq_fast           the quantizer's lsq_fast op (LSQ: lsq_fast.lsq_quantize), backend="auto" ("cpu" on
-                     CPU; on CUDA "cuda" or "triton" per lsq_fast/backend_table.json) or --backend;
+                     CPU; on CUDA "cuda" or "triton" per lsq_fast/ops/backend_table.json) or --backend;
                      the base of every speed-up (of the same quantizer and case)
   lsq_fast:cuda      backend="cuda", the CUDA C++ kernels (CUDA builds of lsq_fast only; LSQ only:
                      LSQ+ and QIL have none, the row is left out for them)

@@ -24,7 +24,7 @@ gpu_archs() {
 
 # lsq_fast from $SITE (never the source tree), with its CUDA kernels.
 installed() {
-    (cd /tmp && "$PY" -c "import lsq_fast, lsq_fast._triton.lsq; assert lsq_fast.backends.has_cuda_kernels()") >/dev/null 2>&1
+    (cd /tmp && "$PY" -c "import lsq_fast, lsq_fast._triton.lsq; assert lsq_fast.ops.backends.has_cuda_kernels()") >/dev/null 2>&1
 }
 
 # Builds and installs lsq_fast into $SITE, for the visible GPU's architecture only (setup.py's

@@ -26,7 +26,7 @@ sanitize() {
     if [ -z "$san" ]; then echo "compute-sanitizer not found" | tee "$OUT/sanitize.log"; return 1; fi
     # A short run of the contract on the CUDA kernels: every kernel kind, dtype and layout, few
     # repetitions (the tools slow every launch down by orders of magnitude).
-    local tests=(-k "cuda and not triton and not gradcheck" test_lsq_contract.py test_torch_peer.py) rc=0
+    local tests=(-k "cuda and not triton and not gradcheck" test_ops_lsq.py test_torch_peer.py) rc=0
     for tool in memcheck racecheck; do
         echo "== compute-sanitizer --tool $tool"
         (cd "$repo/tests" && timeout 280 "$san" --tool "$tool" --error-exitcode 3 --print-limit 20 \

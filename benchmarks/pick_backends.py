@@ -1,6 +1,6 @@
 """Measures, on this GPU, which fused backend ("cuda" or "triton") runs LSQ forward+backward
 faster for each key of lsq_fast/backend_table.py (layout, dtype, size class), and records the
-winners for this GPU architecture in lsq_fast/backend_table.json: what backend="auto" follows.
+winners for this GPU architecture in lsq_fast/ops/backend_table.json: what backend="auto" follows.
 
     python benchmarks/pick_backends.py                    # on a GPU; updates the table in place
     python benchmarks/pick_backends.py --out table.json   # or writes a copy (gpu_run.sh: to $OUT)
@@ -23,7 +23,7 @@ import torch
 from timing import interleaved_medians  # benchmarks/ is on sys.path when run as a script
 
 import lsq_fast
-from lsq_fast import backend_table
+from lsq_fast.ops import backend_table
 
 # One representative tensor per (layout, size class): (shape, channel_axis, channels_last).
 SHAPES = {

@@ -41,7 +41,7 @@ at::Tensor same_layout(const at::Tensor& grad_y, const at::Tensor& like);
 // The [outer, channels, inner] memory-order view of a dense tensor (see Layout in lsq_layout.h).
 Layout memory_layout(const at::Tensor& dense_x, std::optional<int64_t> channel_axis);
 
-// The gradient scale the backward applies: the caller's, else the spec's g = 1 / sqrt(N * qmax)
+// The gradient scale the backward applies: the caller's, else the contract's g = 1 / sqrt(N * qmax)
 // with N = numel / steps, the elements per step (lsq_fast.default_grad_scale); an empty
 // tensor has no gradient to scale, so N = 0 counts as 1.
 double grad_scale_or_default(std::optional<double> grad_scale, int64_t numel, int64_t steps, int64_t qmax);

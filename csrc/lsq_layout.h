@@ -21,7 +21,7 @@ struct Layout {
 // normal float32, so float32 and float64 agree on it. lsq_fast/_args.py holds the same value.
 constexpr double kStepFloor = 1.1754943508222875e-38;
 
-// The arctan soft round's slope scale c = k / (2 atan(k/2)) (spec section 4), in float64 on the
+// The arctan soft round's slope scale c = k / (2 atan(k/2)) (docs/contract.md, section 4), in float64 on the
 // host, for k > 0. Below k = 1e-8 it is 1 to float64 precision (the relative difference is
 // k^2 / 12): taken as exactly 1 there, which also keeps a subnormal k, whose half rounds (to
 // zero for the smallest), from giving a wrong c or an infinite one.

@@ -7,7 +7,7 @@
 #include "cpu/lsq_kernels.h"
 
 TORCH_LIBRARY(lsq_fast, m) {
-  // LSQ (spec section 1). Quantize-dequantize: y = s * round(clip(x / s, qmin, qmax)).
+  // LSQ (docs/contract.md, section 1). Quantize-dequantize: y = s * round(clip(x / s, qmin, qmax)).
   // channel_axis=None: step has one element; otherwise step has x.size(channel_axis) elements.
   // grad_scale and soft_round_k do not change y: they are carried for the registered autograd,
   // which hands them to lsq_backward.

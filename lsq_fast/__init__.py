@@ -1,21 +1,25 @@
 """lsq_fast: fused kernels for Learned Step Size Quantization and its relatives.
 
-The numerical contract is shared/spec/quantizers.md; :mod:`lsq_fast.reference` is its
-plain-PyTorch oracle.
+    lsq_fast.ops        the functional API (lsq_quantize, ...) and its dispatch to the backends
+    lsq_fast.nn         the quantizer modules and the quantized layers
+    lsq_fast.prepare    quantize_model: a float model to a quantization-aware one
+    lsq_fast.reference  the quantizers in plain PyTorch: the oracle of every test
+    docs/contract.md    the numerical contract every backend meets
 """
 
+import sys
+
+from . import ops  # noqa: I001  (first: loads the compiled ops the rest dispatch to)
 from . import reference
-from ._args import default_grad_scale, qrange
-from ._ops import cpu_isa
-from .backends import available_backends
-from .layers import QuantConv2d, QuantLinear
-from .lsq import lsq_quantize
-from .lsq_plus import lsq_plus_quantize
-from .qil import qil_quantize_activation, qil_quantize_weight
-from .convert import QuantizationSummary, quantize_model
-from .quantizer import LSQQuantizer
-from .lsq_plus_quantizer import LSQPlusQuantizer
-from .qil_quantizer import QILQuantizer
+from .nn import LSQPlusQuantizer, LSQQuantizer, QILQuantizer, QuantConfig, QuantConv2d, QuantLinear
+from .ops import (
+    available_backends, cpu_isa, default_grad_scale, lsq_plus_quantize, lsq_quantize, qil_quantize_activation,
+    qil_quantize_weight, qrange,
+)
+from .prepare import QuantizationSummary, quantize_model
+from . import _compat
+
+_compat.install(sys.modules[__name__])
 
 __all__ = [
     "lsq_quantize",
@@ -27,6 +31,7 @@ __all__ = [
     "QILQuantizer",
     "QuantConv2d",
     "QuantLinear",
+    "QuantConfig",
     "quantize_model",
     "QuantizationSummary",
     "qrange",

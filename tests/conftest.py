@@ -15,7 +15,7 @@ import lsq_fast  # noqa: E402
 
 
 def pytest_report_header(config):
-    interp = "Triton interpreter on CPU tensors" if lsq_fast.backends.triton_interpreting() else "Triton compiled"
+    interp = "Triton interpreter on CPU tensors" if lsq_fast.ops.backends.triton_interpreting() else "Triton compiled"
     return (
         f"lsq_fast CPU kernels: {lsq_fast.cpu_isa()}; {interp}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"

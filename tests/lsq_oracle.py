@@ -1,4 +1,4 @@
-"""Test inputs, and exact oracles for every parameter gradient (shared/spec/quantizers.md).
+"""Test inputs, and exact oracles for every parameter gradient (docs/contract.md).
 
 A parameter gradient (LSQ's step, LSQ+'s step and offset, QIL's centre, distance and exponent)
 is a sum of per-element terms, and the contract bounds its error by 1e-5 of the sum of the
@@ -14,12 +14,13 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import pytest
 import torch
 
 import lsq_fast
 from lsq_fast import reference
-from lsq_fast._args import STEP_FLOOR, numel_per_step
-from lsq_fast.quantizer import grad_scale_over_ranks
+from lsq_fast.ops.args import STEP_FLOOR, numel_per_step
+from lsq_fast.nn.quantizer import grad_scale_over_ranks
 
 GRAD_REL = 1e-5  # the contract's bound on a parameter gradient, relative to the sum of |terms|
 
@@ -67,7 +68,7 @@ def assert_same_bits(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 def u_in_math(x: torch.Tensor, step: torch.Tensor, channel_axis) -> torch.Tensor:
     math = torch.float64 if x.dtype == torch.float64 else torch.float32
-    s = step.to(math).clamp_min(lsq_fast._args.STEP_FLOOR)
+    s = step.to(math).clamp_min(STEP_FLOOR)
     s = s.reshape(()) if channel_axis is None else s.reshape([-1 if d == channel_axis % x.dim() else 1 for d in range(x.dim())])
     return x.to(math) / s
 
@@ -187,7 +188,7 @@ def lsq_plus_bounds(x, step, offset, grad_y, bits, signed, axis, grad_scale=None
 
 
 def qil_oracle(x, center, distance, gamma, grad_y, weight):
-    """QIL's gradients (spec section 3) in float64 from pre = alpha * |x| + beta as the reference
+    """QIL's gradients (docs/contract.md, section 3) in float64 from pre = alpha * |x| + beta as the reference
     rounds it: (grad_x, {center, distance, gamma: Bound}, inside, pre, alpha)."""
     m = math_dtype(x.dtype)
     alpha, beta = reference.qil._interval(center, distance, m)
@@ -298,3 +299,32 @@ def assert_quantizer_grads_within(grads: dict[str, torch.Tensor], bounds: dict[s
     for name, b in bounds.items():
         assert name in grads, f"no gradient for {name}"
         assert_grad_within(grads[name], b, f"{what}{name}")
+
+
+# -- what the method tests share (test_ops_*.py) --------------------------------------------
+
+ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# The tolerance of a value computed in float32 (float64) math and then cast to the dtype.
+RTOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+
+
+def family(impl):
+    """LSQ+ and QIL have CPU and Triton kernels, no CUDA C++ ones."""
+    if impl.backend == "cuda":
+        pytest.skip("LSQ+ and QIL have no CUDA C++ kernels (backend='triton' runs them on CUDA tensors)")
+    return impl
+
+
+def grads_of(fn, inputs, grad_y, device):
+    """(y, *grads) of fn on copies of `inputs` on `device` (strides kept), back on the CPU."""
+    leaves = [t.detach().to(device).requires_grad_() if t is not None else None for t in inputs]
+    y = fn(*leaves)
+    wrt = [t for t in leaves if t is not None]
+    got = torch.autograd.grad(y, wrt, grad_y.to(device))
+    assert y.device.type == torch.device(device).type
+    return [y.detach().cpu()] + [g.cpu() for g in got]
+
+
+def leaf(t, device="cpu"):
+    """A fresh leaf copy of t on device (impl.put alone may hand back t itself on the CPU)."""
+    return t.detach().to(device).clone().requires_grad_()

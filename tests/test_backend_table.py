@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lsq_fast
-from lsq_fast import backend_table
+from lsq_fast.ops import backend_table
 
 
 @pytest.mark.parametrize(

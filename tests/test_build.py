@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import lsq_fast
-from lsq_fast._ops import ops  # noqa: F401  (loads the library)
+from lsq_fast.ops.library import ops  # noqa: F401  (loads the library)
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
@@ -73,12 +73,12 @@ def test_cuda_kernels_of_every_op_csrc_cuda_registers():
     if not EXPECT_CUDA:
         if torch.version.cuda is None:
             pytest.skip("a CPU build of torch: no CUDA kernels to build")
-        if not lsq_fast.backends.has_cuda_kernels():
+        if not lsq_fast.ops.backends.has_cuda_kernels():
             pytest.skip("lsq_fast was built without its CUDA kernels (LSQ_FAST_NO_CUDA=1?)")
     cuda_ops = {op for key, names in registered_kernels().items() if key == "CUDA" for op in names}
     missing = sorted(op for op in cuda_ops if not has_kernel(op, "CUDA"))
     assert not missing, f"csrc/cuda registers CUDA kernels for {missing}, but the library has none"
-    assert lsq_fast.backends.has_cuda_kernels()
+    assert lsq_fast.ops.backends.has_cuda_kernels()
     assert {"cuda", "triton"} <= set(lsq_fast.available_backends("cuda"))
 
 

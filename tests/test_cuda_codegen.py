@@ -2,7 +2,7 @@
 compiled by the machine's nvcc for sm_80 and sm_90 with setup.py's flags and torch's C++ standard
 (tests/cuda_codegen.py), and once more, for sm_90, with the other standard.
 Every instantiation is checked: forward, straight-through backward and the arctan soft-round
-backward (LG-LSQ, spec section 4), each in every element type, pack width and kernel kind.
+backward (LG-LSQ, docs/contract.md, section 4), each in every element type, pack width and kernel kind.
 No kernel may spill or keep a stack frame (local memory); the float math must be IEEE division
 and round-to-nearest-even; the wide kernels must move 16-byte (or 8-byte) packs. The torch
 binding, built only where torch has CUDA, is compiled here with -fsyntax-only against the CPU

@@ -64,7 +64,7 @@ def test_backend_selection():
         lsq_fast.lsq_quantize(x, step, 4, backend="fast")
     with pytest.raises(ValueError, match="backend 'cuda' is not available for tensors on cpu"):
         lsq_fast.lsq_quantize(x, step, 4, backend="cuda")
-    if lsq_fast.backends.triton_interpreting():
+    if lsq_fast.ops.backends.triton_interpreting():
         assert lsq_fast.available_backends("cpu") == ("cpu", "triton", "reference")
     else:
         with pytest.raises(ValueError, match="backend 'triton' is not available"):
@@ -74,7 +74,7 @@ def test_backend_selection():
 
 
 def test_raw_ops_check_their_arguments(impl):
-    forward, backward = lsq_fast.backends.lsq_ops(impl.backend)
+    forward, backward = lsq_fast.ops.registry.lsq_ops(impl.backend)
     x, step = impl.put(torch.randn(3, 5)), impl.put(torch.tensor([0.1]))
     with pytest.raises(ValueError, match="need qmin < qmax"):
         forward(x, step, 7, -8, None)

@@ -511,7 +511,7 @@ def test_small_cnn_trains_with_each_method(seed, name):
 
 @pytest.mark.parametrize("name", ["lsq-arctan", "lsq+", "qil"])
 def test_compile_breaks_only_to_initialise(seed, name):
-    """As test_modules_compile.py for LSQ: the quantizers' forward, after the initialising step,
+    """As test_compile.py for LSQ: the quantizers' forward, after the initialising step,
     holds no graph break, and gives eager's loss."""
     from torch._dynamo.utils import counters
 

@@ -32,7 +32,7 @@ def cuda(backend):
 def test_cuda_graph_capture_and_replay(cuda, backend, seed, axis):
     """No host sync and no allocation outside the graph's pool: forward and backward replay
     with new inputs copied into the captured buffers."""
-    forward, backward = lsq_fast.backends.lsq_ops(backend)
+    forward, backward = lsq_fast.ops.registry.lsq_ops(backend)
     shape = (8, 16, 12, 12)
     channels = 1 if axis is None else shape[axis]
     step = make_step(channels).to(cuda)
@@ -110,7 +110,7 @@ def test_small_tensors_launch_one_kernel_each_way(cuda, backend, shape, axis):
     finished inside the backward kernel when each channel's sum fits one program (block)."""
     from torch.profiler import ProfilerActivity, profile
 
-    forward, backward = lsq_fast.backends.lsq_ops(backend)
+    forward, backward = lsq_fast.ops.registry.lsq_ops(backend)
     step = make_step(1 if axis is None else shape[axis]).to(cuda)
     x = torch.randn(shape, device=cuda)
     for _ in range(2):  # compile first
@@ -138,7 +138,7 @@ def test_past_two_to_the_31_elements(cuda, backend):
     for part in (slice(0, 4096), slice(n - 4096, n)):
         assert_same_bits(y[part].cpu(), reference.lsq_quantize(x[part].cpu(), step.cpu(), 4))
     del y
-    _, backward = lsq_fast.backends.lsq_ops(backend)
+    _, backward = lsq_fast.ops.registry.lsq_ops(backend)
     grad_x, grad_step = backward(grad_y, x, step, -8, 7, None, 1.0)
     assert torch.equal(grad_x[-4096:].cpu(), expected_grad_x(x[-4096:].cpu(), step.cpu(), grad_y[-4096:].cpu(), 4, True, None))
     exact, magnitude = 0.0, 0.0
@@ -190,7 +190,7 @@ def test_runs_on_the_inputs_device_not_the_current_one(backend, seed, axis):
     launches on the current device unless told; the CUDA binding has a device guard)."""
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two CUDA devices")
-    forward, backward = lsq_fast.backends.lsq_ops(backend)
+    forward, backward = lsq_fast.ops.registry.lsq_ops(backend)
     shape = (4, 16, 9, 9)
     step = make_step(1 if axis is None else shape[axis])
     x, grad_y = make_x(shape, step, 4, True, axis), torch.randn(shape)

@@ -1,6 +1,6 @@
 """The drop-in layers: LSQQuantizer, QuantConv2d/QuantLinear and quantize_model, against a
 hand-written composition of the reference quantizer with F.conv2d/F.linear; initialisation,
-checkpoints, positivity, autocast and errors. torch.compile: test_modules_compile.py;
+checkpoints, positivity, autocast and errors. torch.compile: test_compile.py;
 DistributedDataParallel: test_ddp.py."""
 
 import copy

@@ -8,13 +8,14 @@ import torch
 
 import lsq_fast
 from lsq_fast import reference
+from lsq_fast.ops.registry import quantizer_ops
 from lsq_oracle import assert_step_grad_close, expected_grad_x, make_step, make_x
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
 @pytest.mark.parametrize("shape,axis", [((4, 6, 5, 5), None), ((4, 6, 5, 5), 1), ((8, 3), 0), ((0, 3), 1)])
 def test_opcheck(impl, seed, dtype, shape, axis):
-    forward, backward = lsq_fast.backends.lsq_ops(impl.backend)
+    forward, backward = lsq_fast.ops.registry.lsq_ops(impl.backend)
     step = make_step(1 if axis is None else shape[axis], dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     x = impl.put(make_x(shape, step, 4, True, axis, dtype)).requires_grad_()
     step = impl.put(step).requires_grad_()
@@ -88,3 +89,35 @@ def test_float64_gradients_match_autograd_of_the_plain_formula(impl, seed):
 
 def test_cpu_isa_is_reported():
     assert lsq_fast.cpu_isa() in ("avx512", "avx2", "default")
+
+
+# -- the ops as PyTorch sees them ------------------------------------------------------------------
+
+
+def test_opcheck_lsq_plus_qil_and_soft_round(impl, seed):
+    """Schemas, fake kernels and autograd registrations of each op (tiny inputs: the interpreter
+    is slow)."""
+    if impl.backend != "cuda":
+        step = impl.put(torch.tensor([0.25, 0.5, 0.125]))
+        offset = impl.put(torch.tensor([-0.25, 0.0, 0.5]))
+        x = impl.put(torch.randn(2, 3, 4))
+        forward, backward = quantizer_ops("lsq_plus", impl.backend)
+        torch.library.opcheck(forward.default, (x.requires_grad_(), step.requires_grad_(), offset.requires_grad_(),
+                                                0, 7, 1, None))
+        torch.library.opcheck(backward.default, (torch.randn_like(x), x.detach(), step.detach(), offset.detach(),
+                                                 0, 7, 1, 0.5))
+        c, d, g = (impl.put(torch.tensor([v])) for v in (0.3, 0.2, 0.7))
+        w = impl.put(torch.randn(3, 5) * 0.5)
+        forward, backward = quantizer_ops("qil", impl.backend)
+        torch.library.opcheck(forward.default, (w.requires_grad_(), c.requires_grad_(), d.requires_grad_(),
+                                                g.requires_grad_(), 7, True))
+        torch.library.opcheck(forward.default, (w, c, d, None, 15, False))
+        torch.library.opcheck(backward.default, (torch.randn_like(w), w.detach(), c.detach(), d.detach(), g.detach(),
+                                                 7, True))
+        torch.library.opcheck(backward.default, (torch.randn_like(w), w.detach(), c.detach(), d.detach(), None,
+                                                 15, False))
+    forward, backward = quantizer_ops("lsq", impl.backend)
+    x = impl.put(torch.randn(3, 4)).requires_grad_()
+    step = impl.put(torch.tensor([0.3, 0.2, 0.4])).requires_grad_()
+    torch.library.opcheck(forward.default, (x, step, -4, 3, 0, None, 5.0))
+    torch.library.opcheck(backward.default, (torch.randn_like(x), x.detach(), step.detach(), -4, 3, 0, 0.5, 5.0))

@@ -1,5 +1,5 @@
 """The plain-PyTorch references of LSQ+, QIL and LG-LSQ's soft-round gradient against the
-formulas of shared/spec/quantizers.md (sections 2-4), written out here in float64: forward
+formulas of docs/contract.md (sections 2-4), written out here in float64: forward
 values, the piecewise pass-through regions exactly, the smooth parts with gradcheck, the guards."""
 
 import math

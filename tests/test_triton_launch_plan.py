@@ -1,13 +1,14 @@
 """How the Triton backend lays a tensor out for its kernels (pure Python: no kernel runs).
 
 The plan decides which elements share a step and how many launches a call takes; tests of the
-numbers themselves are in test_lsq_contract.py."""
+numbers themselves are in test_ops_lsq.py."""
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
-from lsq_fast._triton.layout import STEP_ONE, STEP_PER_COL, STEP_PER_ROW, is_dense, matrix_view  # noqa: E402
+from lsq_fast._triton.layout import STEP_ONE, STEP_PER_COL, STEP_PER_ROW, matrix_view  # noqa: E402
+from lsq_fast.ops.layout import is_dense  # noqa: E402
 from lsq_fast._triton.tiles import partials_shape, pick_tile  # noqa: E402
 
 

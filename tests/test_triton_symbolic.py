@@ -183,4 +183,4 @@ def test_ops_run_on_their_inputs_device(monkeypatch):
     assert entered == [torch.device("cuda:1")]
     body(torch.empty(3), torch.empty(3))
     assert entered == [torch.device("cuda:1")]
-    assert registration.on_input_device(lsq._lsq_forward).__wrapped__ is lsq._lsq_forward
+    assert registration.on_input_device(lsq.forward).__wrapped__ is lsq.forward

@@ -15,7 +15,7 @@ METHODS = {
     "lsq+": dict(method="lsq+"),
     "qil": dict(method="qil"),
 }
-# QIL's interval parameters get the sum of their elements' gradients, unscaled (the spec has no
+# QIL's interval parameters get the sum of their elements' gradients, unscaled (the contract has no
 # g for QIL): at the network's learning rate one step moves the intervals past every weight,
 # everything is pruned and nothing learns again. A smaller rate for them, as QIL training does.
 INTERVAL_LR = {"lsq": None, "lsq-arctan": None, "lsq+": None, "qil": 0.001}

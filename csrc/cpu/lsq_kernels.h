@@ -16,7 +16,7 @@ namespace lsq_fast::cpu {
 using lsq_fast::Layout;
 using lsq_fast::kStepFloor;
 
-// The quantizers the kernels compute (shared/spec/quantizers.md).
+// The quantizers the kernels compute (docs/contract.md).
 enum class Method : int {
   kLsq,      // section 1 (and section 4's soft-round gradient): params {step}, terms {dy/ds}
   kLsqPlus,  // section 2: params {step, offset}, terms {dy/ds, dy/dbeta}

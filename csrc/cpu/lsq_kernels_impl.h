@@ -1,6 +1,6 @@
 // The CPU kernels of the LSQ family (LSQ, LSQ+, QIL), written once over at::vec::Vectorized:
 // one walk over memory per pass, with each quantizer's arithmetic a small policy (Lsq,
-// LsqPlus, Qil) that the walk calls per vector.
+// LsqPlus, Qil) that the walk calls per vector. The arithmetic is docs/contract.md's (sections 1-4).
 //
 // Included by exactly one isa_*.cpp per instruction set, which selects its target and
 // defines CPU_CAPABILITY (at::vec's namespace) and LSQ_FAST_ISA (ours) first, so that the

@@ -1,4 +1,4 @@
-// The contract's per-element arithmetic (shared/spec/quantizers.md, section 1) for the CUDA
+// The contract's per-element arithmetic (docs/contract.md, section 1) for the CUDA
 // kernels. __host__ __device__ and free of torch and of CUDA-only headers outside the device
 // pass, so g++ compiles the same functions for tests/cpp/test_cuda_math.cpp.
 //
@@ -7,7 +7,7 @@
 // the multiply is one rounding (__fmul_rn: never contracted into an FMA), the rounding is
 // half to even (rintf: cvt.rni). Math is float32, or float64 for float64 tensors.
 //
-// The backward's round surrogate is a switch (spec section 4): the straight-through estimator
+// The backward's round surrogate is a switch (docs/contract.md, section 4): the straight-through estimator
 // (Quantizer::backward), or LG-LSQ's arctangent soft round of sharpness k (ArctanRound, and the
 // Quantizer::backward overload that takes one), in the backward pass only: the forward keeps
 // the hard round either way.
@@ -56,7 +56,7 @@ LSQ_HD M clamp_step(M s) {
 
 // LG-LSQ's arctangent soft round (ASR), as the backward pass's slope of round(u).
 //
-// This is the project's reading of the LG-LSQ abstract (arXiv 2202.09009, spec section 4),
+// This is the project's reading of the LG-LSQ abstract (arXiv 2202.09009, docs/contract.md, section 4),
 // not a transcription of the paper, whose equations this project does not have; it matches
 // lsq_fast/reference/soft_round.py. On each unit interval [n, n + 1) the soft round rises from n
 // to n + 1 along an arctangent centred on the half-integer,

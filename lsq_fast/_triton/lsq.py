@@ -1,13 +1,13 @@
 """LSQ in Triton: a one-pass forward, and a one-pass backward that writes grad_x and reduces
 the step gradient into float32 partials, which a second tiny kernel sums in a fixed order.
 The backward's round surrogate is a switch: LSQ's straight-through 1, or LG-LSQ's arctan
-soft-round slope (soft_round_k; shared/spec/quantizers.md, section 4, as this project reads it).
+soft-round slope (soft_round_k; docs/contract.md, section 4, as this project reads it).
 
 The ops are `torch.ops.lsq_fast.lsq_forward_triton` / `lsq_backward_triton`, with the
 signatures of the CPU ops; autograd is registered on the forward. Layouts: any dense tensor
 (contiguous, channels_last, any permutation) is read in place, per-tensor or per-channel on
 any axis (see layout.matrix_view); a non-dense tensor is copied once, to contiguous.
-Numerics follow shared/spec/quantizers.md: IEEE division (div_rn, not Triton's default
+Numerics follow docs/contract.md: IEEE division (div_rn, not Triton's default
 approximate divide), round half to even, strict clip points, float32 math (float64 for
 float64 x), and a float32 forward bit-identical to the reference.
 """
@@ -18,10 +18,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .._args import check_grad_like, check_op_args, check_step_values, grad_scale_for_qmax
-from ..reference.soft_round import check_sharpness, soft_round_scale
-from .layout import MatrixView, dense, like, matrix_view
-from .registration import define_op, launch
+from ..ops.args import (
+    check_grad_like, check_op_args, check_sharpness, check_step_values, grad_scale_for_qmax, soft_round_scale,
+)
+from ..ops.layout import dense, like
+from .layout import MatrixView, matrix_view
+from .registration import define_quantizer_ops, launch
 from .tile_math import (
     cast_for_store, clip_and_round, finish_step_grad, host_scalar, ieee_div, load_step, mul_rn, round_half_to_even,
     sum_partials_kernel, tile_indices, tile_partials, to_math,
@@ -98,19 +100,10 @@ def launch_args(view: MatrixView, tile: Tile) -> dict:
     )
 
 
-def _lsq_forward(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, channel_axis: int | None,
-                 grad_scale: float | None = None, soft_round_k: float | None = None) -> torch.Tensor:
-    return forward(x, step, qmin, qmax, channel_axis)  # the soft round changes the backward only
-
-
-def _lsq_backward(grad_y: torch.Tensor, x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
-                  channel_axis: int | None, grad_scale: float | None,
-                  soft_round_k: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    return backward(grad_y, x, step, qmin, qmax, channel_axis, grad_scale, soft_round_k)
-
-
-def forward(x, step, qmin, qmax, channel_axis, tile_for: Callable[[MatrixView], Tile] = pick_tile):
-    """The forward op's body; `tile_for` lets benchmarks/tune_triton.py try other tiles."""
+def forward(x, step, qmin, qmax, channel_axis, grad_scale=None, soft_round_k=None, *,
+            tile_for: Callable[[MatrixView], Tile] = pick_tile):
+    """The forward op's body (grad_scale and soft_round_k change the backward only); `tile_for`
+    lets benchmarks/tune_triton.py try other tiles."""
     channel_axis = check_op_args(x, step, qmin, qmax, channel_axis)
     check_step_values(step)  # CPU tensors (the interpreter) only: free there, a sync elsewhere
     x = dense(x)
@@ -148,7 +141,7 @@ def sum_partials(partials, step, grad_step, grad_offset, grad_scale, outer, chan
         num_warps=4)
 
 
-def backward(grad_y, x, step, qmin, qmax, channel_axis, grad_scale, soft_round_k=None,
+def backward(grad_y, x, step, qmin, qmax, channel_axis, grad_scale, soft_round_k=None, *,
              tile_for: Callable[[MatrixView], Tile] = pick_tile):
     """The backward op's body: (grad_x, grad_step)."""
     channel_axis = check_op_args(x, step, qmin, qmax, channel_axis)
@@ -176,28 +169,4 @@ def backward(grad_y, x, step, qmin, qmax, channel_axis, grad_scale, soft_round_k
     return grad_x, grad_step
 
 
-def _lsq_forward_fake(x, step, qmin, qmax, channel_axis, grad_scale=None, soft_round_k=None):
-    return torch.empty_like(dense(x))
-
-
-def _lsq_backward_fake(grad_y, x, step, qmin, qmax, channel_axis, grad_scale, soft_round_k=None):
-    return torch.empty_like(dense(x)), torch.empty_like(step)
-
-
-lsq_backward_triton = define_op("lsq_fast::lsq_backward_triton", _lsq_backward, _lsq_backward_fake)
-lsq_forward_triton = define_op("lsq_fast::lsq_forward_triton", _lsq_forward, _lsq_forward_fake)
-
-
-def _setup_context(ctx, inputs, output):
-    x, step, qmin, qmax, channel_axis, grad_scale, soft_round_k = inputs
-    ctx.save_for_backward(x, step)
-    ctx.args = (qmin, qmax, channel_axis, grad_scale, soft_round_k)
-
-
-def _backward(ctx, grad_y):
-    x, step = ctx.saved_tensors
-    grad_x, grad_step = lsq_backward_triton(grad_y, x, step, *ctx.args)
-    return grad_x, grad_step, None, None, None, None, None
-
-
-lsq_forward_triton.register_autograd(_backward, setup_context=_setup_context)
+lsq_forward_triton, lsq_backward_triton = define_quantizer_ops("lsq", forward, backward)

@@ -1,4 +1,4 @@
-"""LSQ+ in Triton: LSQ with a learned offset beta (shared/spec/quantizers.md, section 2).
+"""LSQ+ in Triton: LSQ with a learned offset beta (docs/contract.md, section 2).
 
     u = (x - beta) / s,   y = s * round(clip(u, qmin, qmax)) + beta
 
@@ -22,10 +22,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .._args import check_grad_like, check_offset, check_op_args, check_step_values, grad_scale_for_qmax
-from .layout import MatrixView, dense, like, matrix_view
+from ..ops.args import check_grad_like, check_offset, check_op_args, check_step_values, grad_scale_for_qmax
+from ..ops.layout import dense, like
+from .layout import MatrixView, matrix_view
 from .lsq import launch_args, partials_dtype, sum_partials
-from .registration import define_op, launch
+from .registration import define_quantizer_ops, launch
 from .tile_math import (
     cast_for_store, clip_and_round, finish_scaled_grad, finish_step_grad, ieee_div, load_per_step, load_step,
     mul_rn, round_half_to_even, tile_indices, tile_partials, to_math,
@@ -92,7 +93,8 @@ def _check(x, step, offset, qmin, qmax, channel_axis):
     return channel_axis
 
 
-def forward(x, step, offset, qmin, qmax, channel_axis, tile_for: Callable[[MatrixView], Tile] = pick_tile):
+def forward(x, step, offset, qmin, qmax, channel_axis, grad_scale=None, *,
+            tile_for: Callable[[MatrixView], Tile] = pick_tile):
     """The forward op's body; `tile_for` as in lsq.forward."""
     channel_axis = _check(x, step, offset, qmin, qmax, channel_axis)
     check_step_values(step)  # CPU tensors (the interpreter) only: free there, a sync elsewhere
@@ -107,7 +109,7 @@ def forward(x, step, offset, qmin, qmax, channel_axis, tile_for: Callable[[Matri
     return y
 
 
-def backward(grad_y, x, step, offset, qmin, qmax, channel_axis, grad_scale,
+def backward(grad_y, x, step, offset, qmin, qmax, channel_axis, grad_scale, *,
              tile_for: Callable[[MatrixView], Tile] = pick_tile):
     """The backward op's body: (grad_x, grad_step, grad_offset)."""
     channel_axis = _check(x, step, offset, qmin, qmax, channel_axis)
@@ -136,39 +138,4 @@ def backward(grad_y, x, step, offset, qmin, qmax, channel_axis, grad_scale,
     return grad_x, grad_step, grad_offset
 
 
-def _lsq_plus_forward(x: torch.Tensor, step: torch.Tensor, offset: torch.Tensor, qmin: int, qmax: int,
-                      channel_axis: int | None, grad_scale: float | None = None) -> torch.Tensor:
-    return forward(x, step, offset, qmin, qmax, channel_axis)
-
-
-def _lsq_plus_backward(grad_y: torch.Tensor, x: torch.Tensor, step: torch.Tensor, offset: torch.Tensor, qmin: int,
-                       qmax: int, channel_axis: int | None,
-                       grad_scale: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return backward(grad_y, x, step, offset, qmin, qmax, channel_axis, grad_scale)
-
-
-def _lsq_plus_forward_fake(x, step, offset, qmin, qmax, channel_axis, grad_scale=None):
-    return torch.empty_like(dense(x))
-
-
-def _lsq_plus_backward_fake(grad_y, x, step, offset, qmin, qmax, channel_axis, grad_scale):
-    return torch.empty_like(dense(x)), torch.empty_like(step), torch.empty_like(offset)
-
-
-lsq_plus_backward_triton = define_op("lsq_fast::lsq_plus_backward_triton", _lsq_plus_backward, _lsq_plus_backward_fake)
-lsq_plus_forward_triton = define_op("lsq_fast::lsq_plus_forward_triton", _lsq_plus_forward, _lsq_plus_forward_fake)
-
-
-def _setup_context(ctx, inputs, output):
-    x, step, offset, qmin, qmax, channel_axis, grad_scale = inputs
-    ctx.save_for_backward(x, step, offset)
-    ctx.args = (qmin, qmax, channel_axis, grad_scale)
-
-
-def _backward(ctx, grad_y):
-    x, step, offset = ctx.saved_tensors
-    grad_x, grad_step, grad_offset = lsq_plus_backward_triton(grad_y, x, step, offset, *ctx.args)
-    return grad_x, grad_step, grad_offset, None, None, None, None
-
-
-lsq_plus_forward_triton.register_autograd(_backward, setup_context=_setup_context)
+lsq_plus_forward_triton, lsq_plus_backward_triton = define_quantizer_ops("lsq_plus", forward, backward)

@@ -1,5 +1,5 @@
 """QIL in Triton: a learned quantization interval, centre c and half-width d, and for weights an
-exponent gamma (shared/spec/quantizers.md, section 3; reference/qil.py is the oracle).
+exponent gamma (docs/contract.md, section 3; reference/qil.py is the oracle).
 
     alpha = 0.5 / d,  beta = 0.5 - 0.5 * c / d           (d clamped to 2^-126)
     weights:      z = clip(alpha * |w| + beta, 0, 1),  w_t = sign(w) * z^gamma,  y = round(w_t * q) / q
@@ -28,10 +28,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .._args import check_grad_like, check_qil_args
-from .layout import dense, like, matrix_view
+from ..ops.args import check_grad_like, check_qil_args
+from ..ops.layout import dense, like
+from .layout import matrix_view
 from .lsq import partials_dtype
-from .registration import define_op, launch
+from .registration import define_quantizer_ops, launch
 from .tile_math import (
     STEP_FLOOR, STEP_ONE, cast_for_store, channel_sums, host_scalar, ieee_div, mul_rn, round_half_to_even,
     tile_indices, tile_partials, to_math,
@@ -262,40 +263,4 @@ def backward(grad_y, x, center, distance, gamma, levels, weight):
     return grad_x, grad_center, grad_distance, grad_gamma
 
 
-def _qil_forward(x: torch.Tensor, center: torch.Tensor, distance: torch.Tensor, gamma: torch.Tensor | None,
-                 levels: int, weight: bool) -> torch.Tensor:
-    return forward(x, center, distance, gamma, levels, weight)
-
-
-def _qil_backward(grad_y: torch.Tensor, x: torch.Tensor, center: torch.Tensor, distance: torch.Tensor,
-                  gamma: torch.Tensor | None, levels: int,
-                  weight: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return backward(grad_y, x, center, distance, gamma, levels, weight)
-
-
-def _qil_forward_fake(x, center, distance, gamma, levels, weight):
-    return torch.empty_like(dense(x))
-
-
-def _qil_backward_fake(grad_y, x, center, distance, gamma, levels, weight):
-    return (torch.empty_like(dense(x)), torch.empty_like(center), torch.empty_like(distance),
-            torch.empty_like(center if gamma is None else gamma))
-
-
-qil_backward_triton = define_op("lsq_fast::qil_backward_triton", _qil_backward, _qil_backward_fake)
-qil_forward_triton = define_op("lsq_fast::qil_forward_triton", _qil_forward, _qil_forward_fake)
-
-
-def _setup_context(ctx, inputs, output):
-    x, center, distance, gamma, levels, weight = inputs
-    ctx.save_for_backward(x, center, distance, gamma)
-    ctx.args = (levels, weight)
-
-
-def _backward(ctx, grad_y):
-    x, center, distance, gamma = ctx.saved_tensors
-    grad_x, grad_center, grad_distance, grad_gamma = qil_backward_triton(grad_y, x, center, distance, gamma, *ctx.args)
-    return grad_x, grad_center, grad_distance, None if gamma is None else grad_gamma, None, None
-
-
-qil_forward_triton.register_autograd(_backward, setup_context=_setup_context)
+qil_forward_triton, qil_backward_triton = define_quantizer_ops("qil", forward, backward)

@@ -9,7 +9,7 @@ No `from __future__ import annotations` in kernel files: Triton reads parameter 
 import triton
 import triton.language as tl
 
-from .._args import STEP_FLOOR as _STEP_FLOOR
+from ..ops.args import STEP_FLOOR as _STEP_FLOOR
 from .layout import STEP_ONE as _STEP_ONE
 from .layout import STEP_PER_ROW as _STEP_PER_ROW
 

@@ -1,5 +1,5 @@
 """The quantizers in plain PyTorch, written as their papers write them: the oracle of every test
-and the baseline of every benchmark (shared/spec/quantizers.md is the contract).
+and the baseline of every benchmark (docs/contract.md is the contract).
 
     lsq_quantize                  LSQ (section 1), with LG-LSQ's soft-round gradient as an option (section 4)
     lsq_plus_quantize             LSQ+ (section 2): a learned offset

@@ -13,8 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._args import STEP_FLOOR, check_args, check_grad_scale, check_step_values, default_grad_scale, numel_per_step
-from .soft_round import arctan_roundpass, soft_round_sharpness
+from ..ops.args import (
+    STEP_FLOOR, check_args, check_grad_scale, check_step_values, default_grad_scale, numel_per_step, soft_round_sharpness,
+)
+from .soft_round import arctan_roundpass
 
 
 def gradscale(t: torch.Tensor, scale: float) -> torch.Tensor:

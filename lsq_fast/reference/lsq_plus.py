@@ -1,5 +1,5 @@
 """LSQ+ (Bhalgat et al., 2020) in plain PyTorch: LSQ with a learned offset beta, for activations
-that can be negative (shared/spec/quantizers.md, section 2).
+that can be negative (docs/contract.md, section 2).
 
     y = s * round(clip((x - beta) / s, qmin, qmax)) + beta
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._args import STEP_FLOOR, check_args, check_offset, check_grad_scale, check_step_values, default_grad_scale, numel_per_step
+from ..ops.args import STEP_FLOOR, check_args, check_offset, check_grad_scale, check_step_values, default_grad_scale, numel_per_step
 from .lsq import along, gradscale, math_type, roundpass
 
 

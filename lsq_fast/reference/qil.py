@@ -1,5 +1,5 @@
 """QIL (Jung et al., CVPR 2019) in plain PyTorch: a learned quantization interval, centre c and
-half-width d, and for weights an exponent gamma (shared/spec/quantizers.md, section 3).
+half-width d, and for weights an exponent gamma (docs/contract.md, section 3).
 
     alpha = 0.5 / d,  beta = 0.5 - 0.5 * c / d
     weights:      z = clip(alpha * |w| + beta, 0, 1),  w_t = sign(w) * z^gamma,  w_q = round(w_t * q) / q,  q = 2^(b-1) - 1
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._args import STEP_FLOOR, check_qil_args, qrange
+from ..ops.args import STEP_FLOOR, check_qil_args, qrange
 from .lsq import math_type, roundpass
 
 Z_FLOOR = STEP_FLOOR

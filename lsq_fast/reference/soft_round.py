@@ -1,4 +1,4 @@
-"""LG-LSQ's arctangent soft round (shared/spec/quantizers.md, section 4): our reading of the
+"""LG-LSQ's arctangent soft round (docs/contract.md, section 4): our reading of the
 paper's abstract, not a transcription of its equations, which this project does not have.
 
 The soft round of sharpness k follows round() as a smooth staircase: on each unit interval
@@ -23,37 +23,13 @@ import math
 
 import torch
 
-
-def check_sharpness(k: float) -> float:
-    if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0:
-        raise ValueError(f"lsq_fast: the soft round's sharpness k must be a positive finite float, got {k!r}")
-    return float(k)
-
-
-ROUND_GRADS = ("ste", "arctan")
-
-
-def soft_round_sharpness(round_grad: str, k: float) -> float | None:
-    """The round_grad/k arguments as the ops take them (soft_round_k): None for the
-    straight-through round, else the checked sharpness k."""
-    if round_grad == "ste":
-        return None
-    if round_grad == "arctan":
-        return check_sharpness(k)
-    raise ValueError(f"lsq_fast: round_grad must be one of {', '.join(ROUND_GRADS)}, got {round_grad!r}")
+from ..ops.args import soft_round_scale
 
 
 def soft_round(u: torch.Tensor, k: float) -> torch.Tensor:
     """The arctangent soft round of u (a differentiable function of u)."""
     n = torch.floor(u).detach()
     return n + 0.5 + torch.atan(k * (u - n - 0.5)) / (2 * math.atan(k / 2))
-
-
-def soft_round_scale(k: float) -> float:
-    """The slope's constant c = k / (2 atan(k/2)), the host-side value every fused kernel is
-    handed (the Python twin of soft_round_scale in csrc/lsq_layout.h). Below k = 1e-8 it is 1 to
-    float64 precision: taken as exactly 1, so that a subnormal k cannot give a wrong or infinite c."""
-    return 1.0 if k < 1e-8 else k / (2.0 * math.atan(k / 2.0))
 
 
 def soft_round_slope(u: torch.Tensor, k: float) -> torch.Tensor:

@@ -501,7 +501,7 @@ void test_element_math() {
   EXPECT(all_same);
 }
 
-// LG-LSQ's arctangent soft round in the backward (spec section 4; the project's reading of the
+// LG-LSQ's arctangent soft round in the backward (docs/contract.md, section 4; the project's reading of the
 // paper's abstract, not a transcription of its equations). The formula, written plainly: inside
 // (qmin, qmax), f = u - floor(u), t = k (f - 1/2), slope = c / (1 + t^2), c = k / (2 atan(k/2)),
 // grad_x = grad_y * slope, dy/ds = round(u) - u * slope; at and beyond the clip points as STE.

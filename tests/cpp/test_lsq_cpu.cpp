@@ -1,5 +1,5 @@
 // C++ test of the lsq_fast CPU ops, called through the dispatcher as any C++ caller would.
-// Hand-picked inputs with exact expected values from the contract (shared/spec/quantizers.md,
+// Hand-picked inputs with exact expected values from the contract (docs/contract.md,
 // section 1): y = s * round_half_even(clip(x / s, qmin, qmax)) in float32; grad_x = grad_y
 // where qmin < u < qmax, else 0; grad_step = g * sum(grad_y * dyds). Every step is a power
 // of two, so x / s is exact and so is every expected value below.

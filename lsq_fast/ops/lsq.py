@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
-from ._args import check_args, check_grad_scale
-from .backends import lsq_ops, resolve_backend
-from .reference.soft_round import soft_round_sharpness
+from .. import reference
+from .args import check_args, check_grad_scale, soft_round_sharpness
+from .backends import resolve_backend
+from .registry import quantizer_ops
 
 
 def lsq_quantize(
@@ -47,7 +47,7 @@ def lsq_quantize(
         k: the soft round's sharpness (> 0; used with round_grad="arctan"): large k approaches
             round()'s spikes, small k the straight-through estimator.
         backend: "auto" (the fastest for x's device: "cpu" on CPU tensors; on CUDA tensors
-            "cuda" or "triton", whichever lsq_fast/backend_table.json measured faster for this
+            "cuda" or "triton", whichever lsq_fast/ops/backend_table.json measured faster for this
             layout, dtype and size on this GPU architecture, "triton" where nothing was measured),
             "cpu", "cuda", "triton", "reference"; see :func:`lsq_fast.available_backends`.
 
@@ -64,7 +64,7 @@ def lsq_quantize(
         return reference.lsq_quantize(
             x, step, bits, signed=signed, channel_axis=axis, grad_scale=g, round_grad=round_grad, k=k
         )
-    forward, _ = lsq_ops(backend)
+    forward, _ = quantizer_ops("lsq", backend)
     if soft_round_k is None:  # the op's STE schema default: no extra argument for the common case
         return forward(x, step, qmin, qmax, axis, g)
     return forward(x, step, qmin, qmax, axis, g, soft_round_k)

@@ -1,14 +1,16 @@
-"""quantize_model: one call that turns a float model into an LSQ model, as the paper trains it
-(or an LSQ+ or QIL model)."""
+"""quantize_model, the *prepare* step of quantization-aware training: one call that turns a
+float model into an LSQ model, as the paper trains it (or an LSQ+ or QIL model)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterable
 
 from torch import nn
 
-from .layers import QuantConv2d, QuantizedLayer, QuantLinear, check_method
+from .nn.config import LAYER_METHODS, QuantConfig
+from .nn.layers import QuantConv2d, QuantizedLayer, QuantLinear
 
 # Exact types only: a subclass of Conv2d or Linear may have its own forward (or, like
 # MultiheadAttention's out_proj, be read by its parent through .weight), which a swap would lose.
@@ -24,14 +26,6 @@ class LayerSummary:
     per_channel_weights: bool
     note: str = ""
     method: str | None = "lsq"  # "lsq", "lsq+" or "qil"; None for a skipped layer
-
-
-# What each method puts on a layer, for the summary's last line.
-_METHOD_TEXT = {
-    "lsq": "LSQ, a learned step, on weights and inputs",
-    "lsq+": "weights: LSQ with LSQ+'s 3-sigma init, no offset; inputs: LSQ+, a learned step and offset",
-    "qil": "QIL, a learned interval, on weights and inputs; the layers see weights in [-1, 1], inputs in [0, 1]",
-}
 
 
 @dataclass(frozen=True)
@@ -70,7 +64,7 @@ class QuantizationSummary:
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths).rstrip())
         for method in self.methods:
-            line = f"method: {method} ({_METHOD_TEXT.get(method, method)})"
+            line = f"method: {method} ({LAYER_METHODS[method].description})"
             if method == "lsq" and self.round_grad != "ste":
                 line += f"; round gradient: {self.round_grad} soft round (k={self.k:g}, LG-LSQ)"
             lines.append(line)
@@ -103,7 +97,9 @@ def quantize_model(
     Parameters); the quantizers' new parameters (step sizes, offsets, intervals) are
     Parameters to add to the optimizer.
 
-    `method` picks the quantizers (see :class:`lsq_fast.layers.QuantizedLayer`):
+    The arguments after `skip` are a :class:`lsq_fast.QuantConfig`'s fields, checked once,
+    before the model is touched. `method` picks the quantizers (see
+    :class:`lsq_fast.nn.layers.QuantizedLayer`):
 
     - "lsq" (the default): LSQQuantizer on weights and inputs; `round_grad` ("ste" or
       "arctan") and `k` choose the round's gradient (LG-LSQ's arctangent soft round, as
@@ -122,7 +118,10 @@ def quantize_model(
     Returns the summary of what it did (it prints as a table). A model that already holds
     quantized layers is an error: quantizing twice would quantize a quantized weight.
     """
-    check_method(method, per_channel_weights, act_signed, round_grad, k)
+    config = QuantConfig(weight_bits, act_bits, per_channel_weights, act_signed, backend, method, round_grad, k)
+    edge_config = config if first_last_bits is None else dataclasses.replace(
+        config, weight_bits=first_last_bits, act_bits=None if act_bits is None else first_last_bits
+    )
     if type(model) in _QUANTIZED_TYPE:
         raise ValueError(
             f"lsq_fast: quantize_model replaces the layers inside a model; for a lone {type(model).__name__} "
@@ -152,21 +151,11 @@ def quantize_model(
         if name in skip:
             rows.append(LayerSummary(name, kind, None, None, False, "skipped", None))
             continue
-        w_bits, a_bits = weight_bits, act_bits
-        if name in edges:  # activations stay float where the caller asked for weights only
-            w_bits, a_bits = first_last_bits, None if act_bits is None else first_last_bits
-        replacements[id(layer)] = _QUANTIZED_TYPE[type(layer)].from_float(
-            layer,
-            weight_bits=w_bits,
-            act_bits=a_bits,
-            per_channel_weights=per_channel_weights,
-            act_signed=act_signed,
-            backend=backend,
-            method=method,
-            round_grad=round_grad,
-            k=k,
-        )
-        rows.append(LayerSummary(name, kind, w_bits, a_bits, per_channel_weights, edges.get(name, ""), method))
+        # the edges' activations stay float where the caller asked for weights only
+        layer_config = edge_config if name in edges else config
+        replacements[id(layer)] = _QUANTIZED_TYPE[type(layer)].from_float(layer, layer_config)
+        rows.append(LayerSummary(name, kind, layer_config.weight_bits, layer_config.act_bits, per_channel_weights,
+                                 edges.get(name, ""), method))
 
     # Every place a layer appears: a module shared by two parents is replaced in both.
     places = [

@@ -7,17 +7,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import _distributed
-from ._args import check_grad_scale, check_op_args, qrange
-from .lsq_plus import lsq_plus_quantize
+from ..ops.args import check_grad_scale, check_op_args, qrange
+from ..ops.lsq_plus import lsq_plus_quantize
+from . import distributed
 from .quantizer import (
-    LearnedQuantizer,
-    _preview,
-    _usable,
-    channel_shape,
-    check_common_args,
-    grad_scale_over_ranks,
-    reduce_dims,
+    LearnedQuantizer, channel_shape, check_common_args, grad_scale_over_ranks, preview, reduce_dims, usable,
 )
 
 LSQ_PLUS_INITS = ("minmax", "mse")
@@ -175,7 +169,7 @@ class LSQPlusQuantizer(LearnedQuantizer):
             high = -low
         if self._low is not None:
             low, high = torch.minimum(low, self._low), torch.maximum(high, self._high)
-        self._low, self._high = _distributed.all_reduce_min_max_(low, high)
+        self._low, self._high = distributed.all_reduce_min_max_(low, high)
         if self.init == "mse":
             self._samples.append(_sample(v, axis, self.MSE_SAMPLES, self.MSE_EXTREMES, seed=self._batches_seen))
         self._batches_seen += 1
@@ -199,8 +193,8 @@ class LSQPlusQuantizer(LearnedQuantizer):
         qmin, qmax = self._qrange()
         low, high = self._range()
         one = torch.ones((), dtype=low.dtype, device=low.device)
-        tensor_step = _usable((high.max() - low.min()) / (qmax - qmin), one)
-        step = _usable((high - low) / (qmax - qmin), tensor_step).clamp_min(self.min_step)
+        tensor_step = usable((high.max() - low.min()) / (qmax - qmin), one)
+        step = usable((high - low) / (qmax - qmin), tensor_step).clamp_min(self.min_step)
         return step, low - qmin * step
 
     def _mse_search(self, fallback_step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,7 +206,7 @@ class LSQPlusQuantizer(LearnedQuantizer):
         width = high - low
         lows = low + fractions[:, None] * width  # (G, C)
         highs = high - fractions[:, None] * width
-        steps = _usable((highs[None, :, :] - lows[:, None, :]) / (qmax - qmin), fallback_step)  # (G_lo, G_hi, C)
+        steps = usable((highs[None, :, :] - lows[:, None, :]) / (qmax - qmin), fallback_step)  # (G_lo, G_hi, C)
         steps = steps.clamp_min(self.min_step)
         offsets = lows[:, None, :] - qmin * steps
         steps, offsets = steps.reshape(grid * grid, -1), offsets.reshape(grid * grid, -1)  # candidate i * G + j
@@ -227,7 +221,7 @@ class LSQPlusQuantizer(LearnedQuantizer):
             # the op's arithmetic, float32: subtract, divide, clip, round, multiply, add
             y = ((samples - b) / s).clamp(qmin, qmax).round() * s + b
             errors[start : start + chunk] = ((y - samples).double().square() * weights).sum(dim=2)
-        _distributed.all_reduce_sum_(errors)
+        distributed.all_reduce_sum_(errors)
         best = errors.argmin(dim=0)  # the first of the smallest: the same on every rank
         channels = torch.arange(steps.shape[1], device=steps.device)
         return steps[best, channels], offsets[best, channels]
@@ -250,8 +244,8 @@ class LSQPlusQuantizer(LearnedQuantizer):
             f"bits={self.bits}",
             f"signed={self.signed}",
             where,
-            f"step={_preview(self.step)}",
-            f"offset={_preview(self.offset)}",
+            f"step={preview(self.step)}",
+            f"offset={preview(self.offset)}",
             f"init={self.init}" + (f" ({self.init_batches} batches)" if self.init_batches > 1 else ""),
         ]
         if not self._initialized:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
-from ._args import check_qil_args, qrange
-from .backends import quantizer_ops, resolve_backend
+from .. import reference
+from .args import check_qil_args, qrange
+from .backends import resolve_backend
+from .registry import quantizer_ops
 
 
 def qil_quantize_weight(
@@ -23,7 +24,7 @@ def qil_quantize_weight(
     ``z = clip(|w| / (2 d) + 1/2 - c / (2 d), 0, 1)`` and ``q = 2^(bits-1) - 1``.
 
     Weights with ``|w| < c - d`` are pruned to 0, those with ``|w| > c + d`` clipped to +-1: the
-    result is in normalised units, in [-1, 1] (shared/spec/quantizers.md, section 3).
+    result is in normalised units, in [-1, 1] (docs/contract.md, section 3).
 
     Args:
         w: float32, float16 or bfloat16 tensor (float64 for gradcheck), any shape and layout.
@@ -43,7 +44,7 @@ def qil_quantize_weight(
     """
     q = qrange(bits, True)[1]
     check_qil_args(w, q, True, center=center, distance=distance, gamma=gamma)
-    backend = resolve_backend(backend, w, cuda_kernels=False)
+    backend = resolve_backend(backend, w, method="qil")
     if backend == "reference":
         return reference.qil_quantize_weight(w, center, distance, gamma, bits)
     forward, _ = quantizer_ops("qil", backend)
@@ -63,7 +64,7 @@ def qil_quantize_activation(
     :func:`qil_quantize_weight`, with gamma = 1 and no sign; bits 1..8."""
     q = qrange(bits, False)[1]
     check_qil_args(x, q, False, center=center, distance=distance)
-    backend = resolve_backend(backend, x, cuda_kernels=False)
+    backend = resolve_backend(backend, x, method="qil")
     if backend == "reference":
         return reference.qil_quantize_activation(x, center, distance, bits)
     forward, _ = quantizer_ops("qil", backend)

@@ -1,12 +1,13 @@
-"""What only the CPU kernels of LSQ's relatives promise beyond the reference comparisons
-(tests/test_family_kernels.py): parameter gradients with the same bits for any thread count,
-reduced in float32 lanes folded into float64 to within the spec's bound of an exact sum, and
+"""What only the CPU kernels promise beyond the reference comparisons (tests/test_ops_*.py):
+parameter gradients (LSQ's step, and those of LSQ's relatives) with the same bits for any thread count,
+reduced in float32 lanes folded into float64 to within the contract's bound of an exact sum, and
 bad parameter values caught where reading them is free."""
 
 import pytest
 import torch
 
 import lsq_fast
+from lsq_oracle import make_step, make_x
 
 OPS = torch.ops.lsq_fast
 
@@ -38,21 +39,26 @@ CALLS = {
 }
 
 
-@pytest.mark.parametrize("name", list(CALLS))
-def test_thread_count_independent(seed, name):
-    x = torch.randn(6, 64, 30, 30).contiguous(memory_format=torch.channels_last)
-    grad_y = torch.randn_like(x)
+def assert_thread_count_independent(call):
+    """call() gives the same bits with all threads, one, and all again."""
     threads = torch.get_num_threads()
     outs = []
     try:
         for n in (threads, 1, threads):
             torch.set_num_threads(n)
             torch.manual_seed(1)  # the same parameters every time
-            outs.append(CALLS[name](grad_y, x))
+            outs.append(call())
     finally:
         torch.set_num_threads(threads)
     for out in outs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(out, outs[0]))
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_thread_count_independent(seed, name):
+    x = torch.randn(6, 64, 30, 30).contiguous(memory_format=torch.channels_last)
+    grad_y = torch.randn_like(x)
+    assert_thread_count_independent(lambda: CALLS[name](grad_y, x))
 
 
 def test_parameter_sums_are_accurate_on_a_large_tensor(seed):
@@ -84,3 +90,12 @@ def test_qil_distance_at_the_floor_passes_no_gradient():
     assert torch.equal(y, y_ref)
     grads = torch.autograd.grad(y.sum(), (w, c, d, gamma))
     assert grads[2].item() == 0.0 and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("axis", [None, 1])
+def test_lsq_thread_count_independent(seed, axis):
+    shape = (6, 64, 30, 30)
+    step = make_step(1 if axis is None else 64)
+    x = make_x(shape, step, 4, True, axis)
+    grad_y = torch.randn(shape)
+    assert_thread_count_independent(lambda: OPS.lsq_backward(grad_y, x, step, -8, 7, axis, None))

@@ -8,9 +8,9 @@ import warnings
 import torch
 from torch import nn
 
-from . import _distributed
-from .qil import qil_quantize_activation, qil_quantize_weight
-from .quantizer import LearnedQuantizer, _preview, check_common_args
+from ..ops.qil import qil_quantize_activation, qil_quantize_weight
+from . import distributed
+from .quantizer import LearnedQuantizer, check_common_args, preview
 
 
 class QILQuantizer(LearnedQuantizer):
@@ -94,7 +94,7 @@ class QILQuantizer(LearnedQuantizer):
             stats = torch.stack([v.max(), -v.min()]).double()
         else:
             stats = torch.full((2,), float("-inf"), dtype=torch.float64, device=v.device)
-        high, negative = _distributed.all_reduce_max_(stats).tolist()  # one read, once
+        high, negative = distributed.all_reduce_max_(stats).tolist()  # one read, once
         if self.role == "activation" and negative > 0:
             warnings.warn(
                 "lsq_fast: a QILQuantizer(role='activation') initialises on a batch with negative values: "
@@ -118,9 +118,9 @@ class QILQuantizer(LearnedQuantizer):
 
     def extra_repr(self) -> str:
         parts = [f"bits={self.bits}", f"role={self.role}"]
-        parts += [f"center={_preview(self.center)}", f"distance={_preview(self.distance)}"]
+        parts += [f"center={preview(self.center)}", f"distance={preview(self.distance)}"]
         if self.gamma is not None:
-            parts.append(f"gamma={_preview(self.gamma)}")
+            parts.append(f"gamma={preview(self.gamma)}")
         if not self._initialized:
             parts.append("uninitialised")
         return ", ".join(parts)

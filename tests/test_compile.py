@@ -1,21 +1,28 @@
-"""torch.compile of the LSQ family beyond plain LSQ: LSQ+ (learned offset), QIL (weights with
-gamma, activations) and LSQ's arctan soft-round backward, on each fused backend. One graph
-(fullgraph), forward and backward, with the numbers of eager mode: the forward and grad_x to
-the bit, the parameter gradients (sums) both within the contract's bound of the exact sum.
+"""torch.compile, op by op and on whole models. The ops of LSQ's relatives (LSQ+, QIL weights
+and activations, LSQ's arctan soft-round backward) on each fused backend: one graph (fullgraph),
+forward and backward, with eager mode's numbers (the forward and grad_x to the bit, the parameter
+gradients within the contract's bound of the exact sum). Quantized models: no graph break in the
+quantizers, forward or backward, and the same numbers as eager. (LSQ's own ops:
+test_op_registration.py.)
 
 Under Triton's CPU interpreter the Triton ops are opaque custom ops (see
-lsq_fast/_triton/registration.py); on a GPU they are triton_ops that torch.compile traces into.
-As in tests/test_op_registration.py."""
+lsq_fast/_triton/registration.py); on a GPU they are triton_ops that torch.compile traces into."""
+
+import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
 import lsq_fast
+from lsq_fast import quantize_model
 from lsq_oracle import (
-    assert_grad_within, assert_same_bits, lsq_plus_bounds, lsq_step_bound, make_step, make_x, qil_oracle,
+    QuantizerTaps, assert_grad_within, assert_quantizer_grads_within, assert_same_bits, lsq_plus_bounds,
+    lsq_step_bound, make_step, make_x, qil_oracle,
 )
+from tiny_models import small_cnn, toy_task
 
 SHAPE = (4, 8, 6, 6)
 FORWARD_OP = {"lsq_plus": "lsq_plus_forward", "lsq_plus_per_channel": "lsq_plus_forward", "qil_weight": "qil_forward",
@@ -118,3 +125,58 @@ def test_no_graph_breaks(impl, seed, name):
     assert len(calls) == 1, [target for _, target in targets]
     if name.startswith("lsq_arctan"):
         assert calls[0].args[-1] == K, calls[0].args
+
+
+# -- quantized models ------------------------------------------------------------------------------
+
+
+def train_step(model, images, labels):
+    model.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    # names as the model gives them, not as the compiled wrapper does ("_orig_mod." + name)
+    return loss.detach(), {name.removeprefix("_orig_mod."): p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.fixture
+def quantized_block(seed):
+    model = small_cnn()
+    quantize_model(model, per_channel_weights=True)
+    return model, toy_task(8)
+
+
+def test_compile_fullgraph_after_first_step(quantized_block):
+    """The first (initialising) step eager, then forward and backward as one graph each."""
+    model, (images, labels) = quantized_block
+    train_step(model, images, labels)
+    eager = copy.deepcopy(model)
+    taps = QuantizerTaps(eager)  # eager's quantizers give the bounds of both models' step gradients
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    for _ in range(2):
+        loss, grads = train_step(compiled, images, labels)
+        loss_ref, grads_ref = train_step(eager, images, labels)
+        torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
+        assert grads.keys() == grads_ref.keys()
+        bounds = taps.bounds()
+        assert len(bounds) == 8  # 4 layers' weight and input steps
+        assert_quantizer_grads_within(grads, bounds, "compiled: ")
+        assert_quantizer_grads_within(grads_ref, bounds, "eager: ")
+        for name in grads.keys() - bounds.keys():  # the float weights and biases
+            torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-4, atol=1e-5, msg=name)
+        with torch.no_grad():  # move the steps, as training would
+            for m in (model, eager):
+                for name, p in m.named_parameters():
+                    p -= 0.01 * grads_ref[name]
+
+
+def test_compile_from_cold_breaks_only_to_initialise(quantized_block):
+    model, (images, labels) = quantized_block
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")
+    train_step(compiled, images, labels)  # initialisation: a graph break, once
+    assert all(q.initialized for name, q in model.named_modules() if name.endswith("quantizer"))
+    counters.clear()
+    train_step(compiled, images, labels)
+    train_step(compiled, images, labels)
+    assert not counters["graph_break"], dict(counters["graph_break"])

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
-from ._args import check_args, check_grad_scale, check_offset
-from .backends import quantizer_ops, resolve_backend
+from .. import reference
+from .args import check_args, check_grad_scale, check_offset
+from .backends import resolve_backend
+from .registry import quantizer_ops
 
 
 def lsq_plus_quantize(
@@ -36,7 +37,7 @@ def lsq_plus_quantize(
             Triton on CUDA tensors).
 
     Returns:
-        A tensor of x's dtype, shape and layout (dense x). Gradients (shared/spec/quantizers.md,
+        A tensor of x's dtype, shape and layout (dense x). Gradients (docs/contract.md,
         section 2): x straight through inside the clip range, zero at and beyond the clip
         points; step gets LSQ's dy/ds; offset gets 1 where the value clipped, 0 inside; both
         parameter gradients are scaled by the same g and reduced in float32 or better in a
@@ -45,7 +46,7 @@ def lsq_plus_quantize(
     qmin, qmax, axis = check_args(x, step, bits, signed, channel_axis)
     check_offset(offset, step)
     g = check_grad_scale(grad_scale)
-    backend = resolve_backend(backend, x, axis, cuda_kernels=False)
+    backend = resolve_backend(backend, x, axis, method="lsq_plus")
     if backend == "reference":
         return reference.lsq_plus_quantize(x, step, offset, bits, signed=signed, channel_axis=axis, grad_scale=g)
     forward, _ = quantizer_ops("lsq_plus", backend)

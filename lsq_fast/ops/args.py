@@ -1,4 +1,6 @@
-"""Argument handling shared by every backend and by the reference: one place for the rules."""
+"""The rules of the quantizers' arguments, shared by every backend and by the reference: the
+integer grids, the checks (same messages as the C++ ops' in csrc/lsq_host.cpp), LSQ's default
+gradient scale and the soft round's constants (docs/contract.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import math
 import torch
 
 # Smallest step the quantizers divide by (2^-126, the smallest normal float32); the kernels
-# hold the same value (csrc/cpu/lsq_kernels.h, kStepFloor).
+# hold the same value (csrc/lsq_layout.h, kStepFloor).
 STEP_FLOOR = 2.0**-126
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -143,3 +145,31 @@ def numel_per_step(x: torch.Tensor, channel_axis: int | None) -> int:
         return x.numel()
     channels = x.shape[channel_axis]
     return x.numel() // channels if channels else 0
+
+
+# -- the soft round (LG-LSQ's arctangent, as docs/contract.md section 4 reads it) -----------
+
+ROUND_GRADS = ("ste", "arctan")
+
+
+def check_sharpness(k: float) -> float:
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0:
+        raise ValueError(f"lsq_fast: the soft round's sharpness k must be a positive finite float, got {k!r}")
+    return float(k)
+
+
+def soft_round_sharpness(round_grad: str, k: float) -> float | None:
+    """The round_grad/k arguments as the ops take them (soft_round_k): None for the
+    straight-through round, else the checked sharpness k."""
+    if round_grad == "ste":
+        return None
+    if round_grad == "arctan":
+        return check_sharpness(k)
+    raise ValueError(f"lsq_fast: round_grad must be one of {', '.join(ROUND_GRADS)}, got {round_grad!r}")
+
+
+def soft_round_scale(k: float) -> float:
+    """The slope's constant c = k / (2 atan(k/2)), the host-side value every fused kernel is
+    handed (the Python twin of soft_round_scale in csrc/lsq_layout.h). Below k = 1e-8 it is 1 to
+    float64 precision: taken as exactly 1, so that a subnormal k cannot give a wrong or infinite c."""
+    return 1.0 if k < 1e-8 else k / (2.0 * math.atan(k / 2.0))

@@ -7,6 +7,9 @@ import os
 
 import torch
 
+from .registry import METHODS
+from .registry import lsq_ops, quantizer_ops  # noqa: F401  (found here in 0.1)
+
 BACKENDS = ("auto", "cpu", "reference", "triton", "cuda")
 
 
@@ -28,7 +31,7 @@ _CUDA_KERNELS: list[bool] = []  # memo of has_cuda_kernels
 def has_cuda_kernels() -> bool:
     """True when lsq_fast was built with its CUDA kernels (csrc/cuda; torch with CUDA at build time)."""
     if not _CUDA_KERNELS:
-        from ._ops import ops  # noqa: F401  (loads the library, which registers its kernels)
+        from .library import ops  # noqa: F401  (loads the library, which registers its kernels)
 
         _CUDA_KERNELS.append(torch._C._dispatch_has_kernel_for_dispatch_key("lsq_fast::lsq_forward", "CUDA"))
     return _CUDA_KERNELS[0]
@@ -49,9 +52,11 @@ def available_backends(device: torch.device | str) -> tuple[str, ...]:
     return _fused(torch.device(device).type) + ("reference",)
 
 
-def resolve_backend(backend: str, x: torch.Tensor, channel_axis: int | None = None, *, cuda_kernels: bool = True) -> str:
-    """The backend that runs x: `backend` itself when x's device has it, or auto's choice.
-    cuda_kernels=False: the op has no CUDA C++ kernels (on CUDA tensors only Triton runs it)."""
+def resolve_backend(backend: str, x: torch.Tensor, channel_axis: int | None = None, *, method: str = "lsq") -> str:
+    """The backend that runs `method` (a name in registry.METHODS) on x: `backend` itself when
+    x's device has it, or auto's choice. A method without CUDA C++ kernels runs on CUDA tensors
+    with Triton only."""
+    cuda_kernels = METHODS[method].cuda_kernels
     if backend not in BACKENDS:
         raise ValueError(f"lsq_fast: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     device = x.device
@@ -70,44 +75,3 @@ def resolve_backend(backend: str, x: torch.Tensor, channel_axis: int | None = No
             f"(available there{'' if cuda_kernels else ' for this op'}: {', '.join(available)})"
         )
     return backend
-
-
-# The ops of each quantizer: (forward, backward) names in torch.ops.lsq_fast; their Triton twins
-# carry a _triton suffix.
-_OPS = {
-    "lsq": ("lsq_forward", "lsq_backward"),
-    "lsq_plus": ("lsq_plus_forward", "lsq_plus_backward"),
-    "qil": ("qil_forward", "qil_backward"),
-}
-
-
-def _register_triton(quantizer: str) -> None:
-    """Imports the lsq_fast._triton module that registers a quantizer's Triton ops. Plain import
-    statements, which torch.compile traces (it refuses importlib)."""
-    if quantizer == "lsq":
-        from ._triton import lsq  # noqa: F401
-    elif quantizer == "lsq_plus":
-        from ._triton import lsq_plus  # noqa: F401
-    else:
-        from ._triton import qil  # noqa: F401
-
-
-def quantizer_ops(quantizer: str, backend: str):
-    """(forward, backward) ops of a quantizer ("lsq", "lsq_plus", "qil") on a fused backend,
-    e.g. torch.ops.lsq_fast.lsq_forward_triton. The Triton ops are registered when first asked
-    for, so that importing lsq_fast needs no Triton. "cpu" and "cuda" are the same ops (e.g.
-    lsq_fast::lsq_forward): the dispatcher sends each call to the kernels of its tensors' device."""
-    from ._ops import ops
-
-    forward, backward = _OPS[quantizer]
-    if backend == "triton":
-        _register_triton(quantizer)
-        return getattr(ops, forward + "_triton"), getattr(ops, backward + "_triton")
-    if backend in ("cpu", "cuda"):
-        return getattr(ops, forward), getattr(ops, backward)
-    raise ValueError(f"lsq_fast: {backend!r} is not a fused backend")
-
-
-def lsq_ops(backend: str):
-    """(forward, backward) of LSQ on a fused backend: quantizer_ops("lsq", backend)."""
-    return quantizer_ops("lsq", backend)

@@ -1,5 +1,6 @@
-"""Every fused backend against the reference and the spec: forward to the bit, grad_x exactly,
-grad_step within 1e-5 of sum|terms|, on every grid, granularity, dtype and layout.
+"""LSQ's ops (docs/contract.md, sections 1 and 4) on every fused backend against the reference
+and the contract: forward to the bit, grad_x exactly, grad_step within 1e-5 of sum|terms|, on
+every grid, granularity, dtype and layout; and LG-LSQ's arctan soft-round backward.
 
 Inputs are made on the CPU (the oracle's home) and moved to the backend's device; results come
 back to the CPU to be compared."""
@@ -9,7 +10,11 @@ import torch
 
 import lsq_fast
 from lsq_fast import reference
-from lsq_oracle import DTYPES, assert_same_bits, assert_step_grad_close, expected_grad_x, make_step, make_x
+from lsq_fast.ops.registry import quantizer_ops
+from lsq_oracle import (
+    ALL_DTYPES, DTYPES, RTOL, assert_grad_within, assert_same_bits, assert_step_grad_close, expected_grad_x,
+    grads_of, leaf, make_step, make_x, soft_round_oracle, sum_bound, u_in_math,
+)
 
 BITS = [(b, True) for b in range(2, 9)] + [(b, False) for b in range(1, 9)]
 
@@ -175,7 +180,7 @@ def test_step_gradient_is_deterministic(impl, seed, axis):
     step = impl.put(make_step(1 if axis is None else shape[axis]))
     x = impl.put(make_x(shape, step.cpu(), 4, True, axis))
     grad_y = torch.randn_like(x)
-    _, backward = lsq_fast.backends.lsq_ops(impl.backend)
+    _, backward = lsq_fast.ops.registry.lsq_ops(impl.backend)
     run = lambda: backward(grad_y, x, step, -8, 7, axis, None)  # noqa: E731
     first = run()
     for gx, gs in (run(), run()):
@@ -183,19 +188,52 @@ def test_step_gradient_is_deterministic(impl, seed, axis):
 
 
 
-@pytest.mark.parametrize("axis", [None, 1])
-def test_cpu_kernels_are_thread_count_independent(seed, axis):
-    shape = (6, 64, 30, 30)
-    step = make_step(1 if axis is None else 64)
-    x = make_x(shape, step, 4, True, axis)
-    grad_y = torch.randn(shape)
-    threads = torch.get_num_threads()
-    outs = []
-    try:
-        for n in (threads, 1, threads):
-            torch.set_num_threads(n)
-            outs.append(torch.ops.lsq_fast.lsq_backward(grad_y, x, step, -8, 7, axis, None))
-    finally:
-        torch.set_num_threads(threads)
-    for gx, gs in outs[1:]:
-        assert torch.equal(gx, outs[0][0]) and torch.equal(gs, outs[0][1])
+# -- LG-LSQ's arctan soft round on LSQ -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("shape,axis", [((3, 5, 7), None), ((6, 2, 5), 0), ((2, 6, 5, 3), 1), ((300, 64), 1)])
+@pytest.mark.parametrize("k", [0.5, 5.0, 20.0])
+def test_soft_round_gradient(impl, seed, dtype, shape, axis, k):
+    channels = 1 if axis is None else shape[axis]
+    step = make_step(channels, dtype=torch.float64 if dtype == torch.float64 else torch.float32,
+                     power_of_two=dtype != torch.float32)
+    x = make_x(shape, step, 4, True, axis, dtype)
+    grad_y = torch.randn(shape).to(dtype)
+    run = lambda backend: lambda xi, si: lsq_fast.lsq_quantize(  # noqa: E731
+        xi, si, 4, signed=True, channel_axis=axis, round_grad="arctan", k=k, backend=backend)
+    y, gx, gs = grads_of(run(impl.backend), (x, step), grad_y, impl.device)
+    y_ref, gx_ref, gs_ref = grads_of(run("reference"), (x, step), grad_y, "cpu")
+    assert_same_bits(y, y_ref)  # the forward keeps the hard round
+    assert_same_bits(y, reference.lsq_quantize(x, step, 4, channel_axis=axis))
+    gx_exact, terms, scale = soft_round_oracle(x, step, grad_y, 4, True, axis, k)
+    torch.testing.assert_close(gx.to(torch.float64), gx_exact.to(dtype).to(torch.float64), rtol=RTOL[dtype], atol=0)
+    torch.testing.assert_close(gx, gx_ref, rtol=RTOL[dtype], atol=0)
+    g = lsq_fast.default_grad_scale(x.numel() // channels, 4, True)
+    rel = 1e-12 if dtype == torch.float64 else 1e-5
+    assert_grad_within(gs, sum_bound(terms, axis, g, abs_terms=scale, rel=rel), "grad_step")
+    assert_grad_within(gs_ref, sum_bound(terms, axis, g, abs_terms=scale, rel=rel), "grad_step of the reference")
+
+
+def test_soft_round_is_a_backward_switch(impl, seed):
+    """STE and arctan: the same forward, different gradients inside the range, the same outside;
+    deterministic step gradient; an expanded grad_y."""
+    step = make_step(1)
+    x = impl.put(make_x((40, 30), step, 3, True, None))
+    _, backward = quantizer_ops("lsq", impl.backend)
+    s = impl.put(step)
+    grad_y = impl.put(torch.randn(40, 30))
+    ste = backward(grad_y, x, s, -4, 3, None, None)
+    soft = backward(grad_y, x, s, -4, 3, None, None, 5.0)
+    assert not torch.equal(ste[0], soft[0])
+    outside = (ste[0] == 0).cpu() & (soft[0] == 0).cpu()
+    u = u_in_math(x.cpu(), step, None)
+    assert torch.equal(outside, (u <= -4) | (u >= 3))
+    again = backward(grad_y, x, s, -4, 3, None, None, 5.0)
+    assert_same_bits(again[1].cpu(), soft[1].cpu())
+    xs, ss = leaf(x, impl.device), leaf(s, impl.device)
+    lsq_fast.lsq_quantize(xs, ss, 3, round_grad="arctan", k=2.0, backend=impl.backend).sum().backward()
+    xr, sr = leaf(x), leaf(step)
+    reference.lsq_quantize(xr, sr, 3, round_grad="arctan", k=2.0).sum().backward()
+    torch.testing.assert_close(xs.grad.cpu(), xr.grad, rtol=1e-5, atol=0)
+    assert_step_grad_close(ss.grad, x.cpu(), step, torch.ones(x.shape), 3, True, None, soft_round_k=2.0)

@@ -1,0 +1,21 @@
+"""The modules: quantizers, the layers that hold them, and what they need around them.
+
+    quantizer.py            LearnedQuantizer: what every quantizer module shares
+    lsq_quantizer.py        LSQQuantizer (LSQ, LG-LSQ's soft round, LSQ+'s weight init)
+    lsq_plus_quantizer.py   LSQPlusQuantizer (a learned step and offset)
+    qil_quantizer.py        QILQuantizer (a learned interval)
+    config.py               QuantConfig, and the table of what each method puts on a layer
+    layers.py               QuantConv2d, QuantLinear
+    positive.py             the optimizer post-step clamp that keeps steps positive
+    distributed.py          the data-parallel world and the all-reduces of the initial statistics
+"""
+
+from .config import QuantConfig
+from .layers import QuantConv2d, QuantLinear
+from .lsq_plus_quantizer import LSQPlusQuantizer
+from .lsq_quantizer import LSQQuantizer
+from .qil_quantizer import QILQuantizer
+from .quantizer import LearnedQuantizer
+
+__all__ = ["QuantConfig", "QuantConv2d", "QuantLinear", "LSQQuantizer", "LSQPlusQuantizer", "QILQuantizer",
+           "LearnedQuantizer"]
