@@ -1,5 +1,5 @@
 """How far the training tests' toy runs get, over many seeds: the pass marks of
-test_modules.py::test_quantized_cnn_trains and test_family_modules.py::test_small_cnn_trains_with_each_method
+test_modules.py::test_quantized_cnn_trains and test_modules.py::test_small_cnn_trains_with_each_method
 are set from this, with a margin, so that no seed misses them by chance.
 
     .venv/bin/python tests/calibrate_training.py --seeds 200

@@ -8,11 +8,13 @@ test_op_registration.py.)
 Under Triton's CPU interpreter the Triton ops are opaque custom ops (see
 lsq_fast/_triton/registration.py); on a GPU they are triton_ops that torch.compile traces into."""
 
+import contextlib
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
@@ -22,7 +24,7 @@ from lsq_oracle import (
     QuantizerTaps, assert_grad_within, assert_quantizer_grads_within, assert_same_bits, lsq_plus_bounds,
     lsq_step_bound, make_step, make_x, qil_oracle,
 )
-from tiny_models import small_cnn, toy_task
+from tiny_models import METHODS, small_cnn, toy_task
 
 SHAPE = (4, 8, 6, 6)
 FORWARD_OP = {"lsq_plus": "lsq_plus_forward", "lsq_plus_per_channel": "lsq_plus_forward", "qil_weight": "qil_forward",
@@ -179,4 +181,37 @@ def test_compile_from_cold_breaks_only_to_initialise(quantized_block):
     counters.clear()
     train_step(compiled, images, labels)
     train_step(compiled, images, labels)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+@pytest.mark.parametrize("name", ["lsq-arctan", "lsq+", "qil"])
+def test_compile_breaks_only_to_initialise(seed, name):
+    """As the tests above for LSQ: the quantizers' forward, after the initialising step,
+    holds no graph break, and gives eager's loss."""
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))  # small: compiling is the cost
+    quantize_model(model, **METHODS[name])
+    images, labels = torch.randn(8, 12), torch.randint(0, 4, (8,))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")
+    with pytest.warns(UserWarning, match="negative values") if name == "qil" else contextlib.nullcontext():
+        F.cross_entropy(compiled(images), labels).backward()  # initialisation: a graph break, once
+    eager = copy.deepcopy(model)
+    taps = QuantizerTaps(eager)  # the eager twin's quantizers: the bounds of both models' gradients
+    counters.clear()
+    for _ in range(2):
+        model.zero_grad(), eager.zero_grad()
+        loss = F.cross_entropy(compiled(images), labels)
+        loss.backward()
+        loss_ref = F.cross_entropy(eager(images), labels)
+        loss_ref.backward()
+        torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
+        bounds = taps.bounds()
+        for (k, p), p_ref in zip(model.named_parameters(), eager.parameters()):
+            if k in bounds:  # a quantizer parameter: both within the contract's bound of the exact sum
+                assert_grad_within(p.grad, bounds[k], k)
+                assert_grad_within(p_ref.grad, bounds[k], k + " (eager)")
+            else:
+                torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-5, msg=k)
+        assert len(bounds) == {"lsq-arctan": 4, "lsq+": 6, "qil": 10}[name]  # LSQ+ weights: a step, no offset
+    taps.close()
     assert not counters["graph_break"], dict(counters["graph_break"])

@@ -40,7 +40,7 @@ def train(seed: int, rank: int = 0, world: int = 1, method: str = "lsq", follow:
     model = small_cnn()
     quantize_model(model, method=method)
     net = DistributedDataParallel(model) if world > 1 else model
-    # QIL's intervals get unscaled sums of gradients: a smaller rate (test_family_modules.py)
+    # QIL's intervals get unscaled sums of gradients: a smaller rate (test_modules.py)
     interval = [p for name, p in model.named_parameters() if method == "qil" and "quantizer." in name]
     rest = [p for p in net.parameters() if not any(p is q for q in interval)]
     groups = [dict(params=rest)] + ([dict(params=interval, lr=0.001)] if interval else [])

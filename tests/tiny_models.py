@@ -55,7 +55,7 @@ def train_small_cnn(model: nn.Module, images, labels, steps: int = 40, interval_
                     after_first_backward=None) -> list[float]:
     """SGD (lr 0.05, momentum 0.9) on the full batch for `steps` steps; the losses. QIL's
     interval parameters ("quantizer." centre, distance, gamma) get `interval_lr` where given: they
-    take unscaled sums of gradients (test_family_modules.py). after_first_backward(model) runs once,
+    take unscaled sums of gradients (test_modules.py). after_first_backward(model) runs once,
     after the first backward (the initialised parameters and their first gradients)."""
     import torch.nn.functional as F
 
