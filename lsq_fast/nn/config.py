@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..ops.args import qrange, soft_round_sharpness
-from ..ops.backends import BACKENDS
+from ..ops.backends import check_backend
 from .lsq_plus_quantizer import LSQPlusQuantizer
 from .lsq_quantizer import LSQQuantizer
 from .qil_quantizer import QILQuantizer
@@ -58,8 +58,7 @@ class QuantConfig:
         if self.act_signed is True and not layer_method.signed_inputs:
             raise ValueError(f"lsq_fast: {layer_method.why_not_signed_inputs}: act_signed=True needs method "
                              f"{_having('signed_inputs')}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"lsq_fast: unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        check_backend(self.backend)
         qrange(self.weight_bits, True)
         if self.act_bits is not None:
             qrange(self.act_bits, self.act_signed is True)  # "auto" admits 1 bit; a signed decision checks again
@@ -130,7 +129,6 @@ LAYER_METHODS: dict[str, LayerMethod] = {
         why_not_signed_inputs="QIL's activation quantizer is unsigned (it maps [0, max x] to [0, 1])",
     ),
 }
-METHODS = tuple(LAYER_METHODS)
 
 
 def _having(feature: str) -> str:

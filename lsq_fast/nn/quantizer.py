@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..ops.args import grad_scale_for_qmax, numel_per_step, qrange
-from ..ops.backends import BACKENDS
+from ..ops.backends import check_backend
 from . import distributed
 from .positive import keep_positive
 
@@ -172,8 +172,7 @@ def check_common_args(bits_signed: tuple[int, bool], role: str, backend: str, **
     for name, value in floors.items():
         if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f"lsq_fast: {name} must be a positive finite float, got {value!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"lsq_fast: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    check_backend(backend)
 
 
 def channel_shape(channel_axis: int | None, num_channels: int | None) -> tuple[int]:

@@ -52,13 +52,17 @@ def available_backends(device: torch.device | str) -> tuple[str, ...]:
     return _fused(torch.device(device).type) + ("reference",)
 
 
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"lsq_fast: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
 def resolve_backend(backend: str, x: torch.Tensor, channel_axis: int | None = None, *, method: str = "lsq") -> str:
     """The backend that runs `method` (a name in registry.METHODS) on x: `backend` itself when
     x's device has it, or auto's choice. A method without CUDA C++ kernels runs on CUDA tensors
     with Triton only."""
     cuda_kernels = METHODS[method].cuda_kernels
-    if backend not in BACKENDS:
-        raise ValueError(f"lsq_fast: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    check_backend(backend)
     device = x.device
     available = available_backends(device)
     if not cuda_kernels:
