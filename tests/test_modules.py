@@ -390,6 +390,32 @@ def test_autocast_bfloat16_on_cpu(seed):
         (lambda: quantize_model(nn.Sequential(nn.ReLU(), nn.Flatten())), ValueError, "no nn.Conv2d or nn.Linear"),
         (lambda: quantize_model(small_cnn(), skip=["0", "fc"]), ValueError, "does not have as Conv2d/Linear: fc"),
         (lambda: quantize_model(nn.Linear(3, 3)), ValueError, "use QuantLinear.from_float"),
+        (lambda: LSQQuantizer(4, round_grad="sigmoid"), ValueError, "round_grad must be one of ste, arctan"),
+        (lambda: LSQQuantizer(4, round_grad="arctan", k=0.0), ValueError, "sharpness k must be a positive"),
+        (lambda: LSQQuantizer(4, init="mse"), ValueError, "init must be one of lsq, lsq\\+"),
+        (lambda: LSQQuantizer(4, "auto", init="lsq+"), ValueError, "it needs signed=True"),
+        (lambda: LSQPlusQuantizer(9), ValueError, r"bits must be in 1\.\.8"),
+        (lambda: LSQPlusQuantizer(1, True), ValueError, r"2\.\.8 for signed"),
+        (lambda: LSQPlusQuantizer(4, "auto"), ValueError, "signed must be True or False"),
+        (lambda: LSQPlusQuantizer(4, init="lsq"), ValueError, "init must be one of minmax, mse"),
+        (lambda: LSQPlusQuantizer(4, init_batches=0), ValueError, "init_batches must be an int >= 1"),
+        (lambda: LSQPlusQuantizer(4, channel_axis=1), ValueError, "needs num_channels"),
+        (lambda: LSQPlusQuantizer(4, min_step=-1.0), ValueError, "min_step must be a positive"),
+        (lambda: LSQPlusQuantizer(4, role="bias"), ValueError, "role must be one of"),
+        (lambda: LSQPlusQuantizer(4, backend="tpu"), ValueError, "unknown backend"),
+        (lambda: QILQuantizer(1, "weight"), ValueError, r"2\.\.8 for signed"),
+        (lambda: QILQuantizer(4, "bias"), ValueError, "role must be one of"),
+        (lambda: QILQuantizer(4, "weight", min_distance=0.0), ValueError, "min_distance must be a positive"),
+        (lambda: QILQuantizer(4, "activation", backend="tpu"), ValueError, "unknown backend"),
+        (lambda: QuantLinear(4, 2, method="apot"), ValueError, "method must be one of lsq, lsq\\+, qil"),
+        (lambda: QuantLinear(4, 2, method="qil", per_channel_weights=True), ValueError, "one interval per layer"),
+        (lambda: QuantLinear(4, 2, method="lsq+", act_signed="yes"), ValueError, "act_signed must be"),
+        (lambda: quantize_model(small_cnn(), method="qil", per_channel_weights=True), ValueError, "per_channel_weights"),
+        (lambda: quantize_model(small_cnn(), method="qil", act_signed=True), ValueError, "activation quantizer is unsigned"),
+        (lambda: quantize_model(small_cnn(), method="lsq+", round_grad="arctan"), ValueError, "it needs method='lsq'"),
+        (lambda: quantize_model(small_cnn(), method="qil", round_grad="arctan"), ValueError, "it needs method='lsq'"),
+        (lambda: quantize_model(small_cnn(), round_grad="arctan", k=-1.0), ValueError, "sharpness k"),
+        (lambda: quantize_model(small_cnn(), method="LSQ"), ValueError, "method must be one of"),
     ],
 )
 def test_bad_configuration(make, error, match):
@@ -825,42 +851,6 @@ def test_quantize_model_round_grad_reaches_every_quantizer():
     assert "round gradient: arctan soft round (k=2.5" in str(summary)
     layer = QuantLinear.from_float(nn.Linear(3, 2), method="lsq+", act_signed=True)
     assert type(layer.input_quantizer) is LSQPlusQuantizer and layer.input_quantizer.signed is True
-
-
-@pytest.mark.parametrize(
-    "make,error,match",
-    [
-        (lambda: LSQQuantizer(4, round_grad="sigmoid"), ValueError, "round_grad must be one of ste, arctan"),
-        (lambda: LSQQuantizer(4, round_grad="arctan", k=0.0), ValueError, "sharpness k must be a positive"),
-        (lambda: LSQQuantizer(4, init="mse"), ValueError, "init must be one of lsq, lsq\\+"),
-        (lambda: LSQQuantizer(4, "auto", init="lsq+"), ValueError, "it needs signed=True"),
-        (lambda: LSQPlusQuantizer(9), ValueError, r"bits must be in 1\.\.8"),
-        (lambda: LSQPlusQuantizer(1, True), ValueError, r"2\.\.8 for signed"),
-        (lambda: LSQPlusQuantizer(4, "auto"), ValueError, "signed must be True or False"),
-        (lambda: LSQPlusQuantizer(4, init="lsq"), ValueError, "init must be one of minmax, mse"),
-        (lambda: LSQPlusQuantizer(4, init_batches=0), ValueError, "init_batches must be an int >= 1"),
-        (lambda: LSQPlusQuantizer(4, channel_axis=1), ValueError, "needs num_channels"),
-        (lambda: LSQPlusQuantizer(4, min_step=-1.0), ValueError, "min_step must be a positive"),
-        (lambda: LSQPlusQuantizer(4, role="bias"), ValueError, "role must be one of"),
-        (lambda: LSQPlusQuantizer(4, backend="tpu"), ValueError, "unknown backend"),
-        (lambda: QILQuantizer(1, "weight"), ValueError, r"2\.\.8 for signed"),
-        (lambda: QILQuantizer(4, "bias"), ValueError, "role must be one of"),
-        (lambda: QILQuantizer(4, "weight", min_distance=0.0), ValueError, "min_distance must be a positive"),
-        (lambda: QILQuantizer(4, "activation", backend="tpu"), ValueError, "unknown backend"),
-        (lambda: QuantLinear(4, 2, method="apot"), ValueError, "method must be one of lsq, lsq\\+, qil"),
-        (lambda: QuantLinear(4, 2, method="qil", per_channel_weights=True), ValueError, "one interval per layer"),
-        (lambda: QuantLinear(4, 2, method="lsq+", act_signed="yes"), ValueError, "act_signed must be"),
-        (lambda: quantize_model(small_cnn(), method="qil", per_channel_weights=True), ValueError, "per_channel_weights"),
-        (lambda: quantize_model(small_cnn(), method="qil", act_signed=True), ValueError, "activation quantizer is unsigned"),
-        (lambda: quantize_model(small_cnn(), method="lsq+", round_grad="arctan"), ValueError, "it needs method='lsq'"),
-        (lambda: quantize_model(small_cnn(), method="qil", round_grad="arctan"), ValueError, "it needs method='lsq'"),
-        (lambda: quantize_model(small_cnn(), round_grad="arctan", k=-1.0), ValueError, "sharpness k"),
-        (lambda: quantize_model(small_cnn(), method="LSQ"), ValueError, "method must be one of"),
-    ],
-)
-def test_bad_method_configuration(make, error, match):
-    with pytest.raises(error, match=match):
-        make()
 
 
 def test_bad_method_leaves_model_float():

@@ -47,8 +47,9 @@ def on_input_device(fn: Callable) -> Callable:
     return body
 
 
-def _define_op(name: str, fn: Callable, fake: Callable):
+def _define_op(name: str, fn: Callable, signature: inspect.Signature, fake: Callable):
     fn = on_input_device(fn)
+    fn.__signature__ = signature  # what triton_op and custom_op infer the schema from
     if INTERPRETED:
         op = torch.library.custom_op(name, fn, mutates_args=())
         op.register_fake(fake)
@@ -65,10 +66,10 @@ def _python_type(schema_type: str):
     return _PYTHON_TYPES[inner] if inner == schema_type else Optional[_PYTHON_TYPES[inner]]
 
 
-def _with_schema_of(op_name: str, body: Callable) -> Callable:
-    """body, with the typed signature of the C++ op lsq_fast::<op_name> (names, types, defaults),
-    from which triton_op and custom_op infer the Triton twin's schema (triton_op takes no
-    schema string): the two ops of a method then have the same arguments."""
+def _signature_of(op_name: str) -> inspect.Signature:
+    """The typed signature of the C++ op lsq_fast::<op_name> (names, types, defaults), from which
+    triton_op and custom_op infer the Triton twin's schema (triton_op takes no schema string):
+    the two ops of a method then have the same arguments."""
     from ..ops.library import ops
 
     schema = getattr(ops, op_name).default._schema
@@ -78,13 +79,7 @@ def _with_schema_of(op_name: str, body: Callable) -> Callable:
         for a in schema.arguments
     ]
     returns = tuple[(torch.Tensor,) * len(schema.returns)] if len(schema.returns) > 1 else torch.Tensor
-
-    @functools.wraps(body)
-    def typed(*args, **kwargs):
-        return body(*args, **kwargs)
-
-    typed.__signature__ = inspect.Signature(params, return_annotation=returns)
-    return typed
+    return inspect.Signature(params, return_annotation=returns)
 
 
 def define_quantizer_ops(method: str, forward: Callable, backward: Callable):
@@ -94,8 +89,8 @@ def define_quantizer_ops(method: str, forward: Callable, backward: Callable):
     (under the interpreter; triton_op traces the body itself), and autograd on the forward that
     saves x and the learned tensors and calls the backward op. Returns (forward op, backward op)."""
     m = METHODS[method]
-    backward_op = _define_op(f"lsq_fast::{m.backward}_triton", _with_schema_of(m.backward, backward), fake_backward(m))
-    forward_op = _define_op(f"lsq_fast::{m.forward}_triton", _with_schema_of(m.forward, forward), fake_forward)
+    backward_op = _define_op(f"lsq_fast::{m.backward}_triton", backward, _signature_of(m.backward), fake_backward(m))
+    forward_op = _define_op(f"lsq_fast::{m.forward}_triton", forward, _signature_of(m.forward), fake_forward)
     tensors = 1 + len(m.params)  # x and the learned tensors lead every forward's arguments
 
     def setup_context(ctx, inputs, output):
