@@ -16,12 +16,12 @@ JOBS ?= 2
 # from a copy of the tree with its CUDA kernels, by the machine's nvcc (found through its wrapper:
 # no CUDA_HOME) for setup.py's default architectures; then, against the installed package, the
 # kernel registrations (tests/test_build.py) and the CPU and Triton-interpreter contract suite on
-# that torch and the Triton it brings.
+# that torch and the Triton it brings, and FSDP2 (tests/test_fsdp.py: its internals move between torch releases).
 CUDA_VENV ?= .venv-cuda
 CUDA_PY := $(CUDA_VENV)/bin/python
 CUDA_TORCH_SPEC ?= torch==2.14.1
 CUDA_SRC := build-cuda/src
-CUDA_TESTS ?= test_build.py test_ops_lsq.py test_ops_lsq_plus.py test_ops_qil.py test_op_registration.py test_errors.py test_triton_symbolic.py
+CUDA_TESTS ?= test_build.py test_ops_lsq.py test_ops_lsq_plus.py test_ops_qil.py test_op_registration.py test_errors.py test_triton_symbolic.py test_fsdp.py
 
 .PHONY: help install test bench bench-pytest ctest check-cuda-build clean
 

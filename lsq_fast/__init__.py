@@ -11,7 +11,9 @@ import sys
 
 from . import ops  # noqa: I001  (first: loads the compiled ops the rest dispatch to)
 from . import reference
-from .nn import LSQPlusQuantizer, LSQQuantizer, QILQuantizer, QuantConfig, QuantConv2d, QuantLinear
+from .nn import (
+    LSQPlusQuantizer, LSQQuantizer, QILQuantizer, QuantConfig, QuantConv2d, QuantLinear, fully_shard_quantizers,
+)
 from .ops import (
     available_backends, cpu_isa, default_grad_scale, lsq_plus_quantize, lsq_quantize, qil_quantize_activation,
     qil_quantize_weight, qrange,
@@ -33,6 +35,7 @@ __all__ = [
     "QuantLinear",
     "QuantConfig",
     "quantize_model",
+    "fully_shard_quantizers",
     "QuantizationSummary",
     "qrange",
     "default_grad_scale",

@@ -95,7 +95,8 @@ def quantize_model(
     float. Input activations use `act_signed` ("auto": signed when the first batch has a
     negative value, as a normalised image does). Weights and biases are kept (the same
     Parameters); the quantizers' new parameters (step sizes, offsets, intervals) are
-    Parameters to add to the optimizer.
+    Parameters to add to the optimizer. To shard the model with FSDP2, call
+    :func:`lsq_fast.fully_shard_quantizers` next, before ``fully_shard``.
 
     The arguments after `skip` are a :class:`lsq_fast.QuantConfig`'s fields, checked once,
     before the model is touched. `method` picks the quantizers (see

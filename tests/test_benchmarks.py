@@ -1,5 +1,5 @@
 """The benchmark code runs and its measurements mean what they say (tiny sizes, one round; no
-speed is asserted): the PNG is a PNG, peak memory counts what a fused fwd+bwd must hold, the
+speed is asserted): the PNG is a PNG, the FSDP2 benchmark counts the collectives it says, peak memory counts what a fused fwd+bwd must hold, the
 kernel and training-step benchmarks write their JSON, the summary reads it."""
 
 import json
@@ -15,6 +15,7 @@ import lsq_fast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+import bench_fsdp  # noqa: E402
 import bench_lsq  # noqa: E402
 import bench_qat  # noqa: E402
 import run as bench_run  # noqa: E402
@@ -31,6 +32,18 @@ def test_chart_is_a_png():
     idat_len = struct.unpack(">I", data[33:37])[0]
     assert data[37:41] == b"IDAT"
     assert len(zlib.decompress(data[41 : 41 + idat_len])) == height * (1 + 3 * width)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs torch.distributed with gloo")
+def test_fsdp_benchmark_counts_the_collectives():
+    layers = 2
+    results = bench_fsdp.main(["--layers", str(layers), "--width", "32", "--batch", "8", "--steps", "2"])
+    counts = {variant: total for variant, (total, _, _) in results.items()}
+    # a layer: all-gathers in the forward and the backward, a reduce-scatter; the root holds nothing
+    assert counts["float"] == counts["with-layers"] == 3 * layers
+    assert counts["units"] == counts["float"] + 2 * layers  # its quantizers: gathered once, reduced once
+    assert counts["units-resharded"] == counts["float"] + 3 * layers
 
 
 def test_peak_memory_of_fused_and_reference_fwd_bwd():

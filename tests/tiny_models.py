@@ -1,4 +1,4 @@
-"""Small float models for the module tests: a CNN with the layer kinds quantize_model converts."""
+"""Small float models for the module tests: a CNN with the layer kinds quantize_model converts, an MLP."""
 
 from __future__ import annotations
 
@@ -42,6 +42,14 @@ def small_cnn(batch_norm: bool = False, classes: int = 10) -> nn.Sequential:
         nn.Flatten(),
         nn.Linear(16, classes),
     )
+
+
+def small_mlp(sizes=(64, 128, 64, 10)) -> nn.Sequential:
+    """Linear 64-128-64-10 with ReLUs between: the shape of a transformer's MLP, small."""
+    layers = []
+    for cin, cout in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(cin, cout), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
 
 
 def toy_task(n: int = 32, size: int = 12, classes: int = 10, generator: torch.Generator | None = None):

@@ -7,10 +7,12 @@
     config.py               QuantConfig, and the table of what each method puts on a layer
     layers.py               QuantConv2d, QuantLinear
     positive.py             the optimizer post-step clamp that keeps steps positive
-    distributed.py          the data-parallel world and the all-reduces of the initial statistics
+    distributed.py          the data-parallel world, the all-reduces of the initial statistics, sharded writes
+    fsdp.py                 fully_shard_quantizers: the quantizers under FSDP2
 """
 
 from .config import QuantConfig
+from .fsdp import fully_shard_quantizers
 from .layers import QuantConv2d, QuantLinear
 from .lsq_plus_quantizer import LSQPlusQuantizer
 from .lsq_quantizer import LSQQuantizer
@@ -18,4 +20,4 @@ from .qil_quantizer import QILQuantizer
 from .quantizer import LearnedQuantizer
 
 __all__ = ["QuantConfig", "QuantConv2d", "QuantLinear", "LSQQuantizer", "LSQPlusQuantizer", "QILQuantizer",
-           "LearnedQuantizer"]
+           "LearnedQuantizer", "fully_shard_quantizers"]

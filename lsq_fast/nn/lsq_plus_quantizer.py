@@ -177,8 +177,8 @@ class LSQPlusQuantizer(LearnedQuantizer):
         step, offset = self._minmax_estimate()
         if self._batches_seen == self.init_batches and self.init == "mse":
             step, offset = self._mse_search(step)
-        self.step.copy_(step)
-        self.offset.copy_(offset)
+        distributed.assign_(self.step, step)
+        distributed.assign_(self.offset, offset)
         if self._batches_seen == self.init_batches:
             self._clear_observations()
             self._mark_initialized()

@@ -151,7 +151,7 @@ class LSQQuantizer(LearnedQuantizer):
             levels = 2.0 ** (self.bits - 1)
             tensor_step = usable(_three_sigma(sums.sum(dim=1), numel) / levels, torch.ones_like(numel))
             channel_step = usable(_three_sigma(sums, numel / channels) / levels, tensor_step)
-        self.step.copy_(channel_step.clamp_min(self.min_step))
+        distributed.assign_(self.step, channel_step.clamp_min(self.min_step))
         self._signed = signed
         self._mark_initialized()
 

@@ -27,6 +27,8 @@ class LearnedQuantizer(nn.Module):
       on, so that it never reads the device; it is refreshed once per state_dict load.
       Evaluating a quantizer that was never initialised is an error (its parameters would be
       placeholders).
+    - FSDP2: see :mod:`lsq_fast.nn.fsdp`; the initialisation writes each rank's slice of a
+      sharded parameter (``distributed.assign_``).
     - ``torch.autocast``: the input is cast to the autocast dtype first, as the layer's
       matmul or convolution will be.
     - The learned parameters are float32 whatever the model's dtype (``model.half()`` leaves
@@ -48,6 +50,8 @@ class LearnedQuantizer(nn.Module):
         super().__init__()
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool, device=device))
         self._initialized = False  # the host-side copy of `initialized`
+        # Set by fully_shard_quantizers: a forward pre-hook initialises, on the sharded parameters.
+        self._initializes_on_shards = False
         self._keep_positive()
 
     def _keep_positive(self) -> None:
@@ -65,13 +69,45 @@ class LearnedQuantizer(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._autocast_input(x)
+        if not self._initialized and not self._initializes_on_shards:
+            self._first_batch(x)
+        try:
+            return self._quantize(x)
+        except TypeError:  # the op's dtype check; free until it fires (a check here costs ~0.5 us a call)
+            for name, p in self._parameters.items():
+                if p is not None and p.dtype != torch.float32:
+                    raise TypeError(self._not_float32_message(name, p.dtype)) from None
+            raise
+
+    @staticmethod
+    def _autocast_input(x: torch.Tensor) -> torch.Tensor:
         if x.is_floating_point() and x.dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):
-            x = x.to(torch.get_autocast_dtype(x.device.type))
-        if not self._initialized:
-            if not self.training:
-                raise RuntimeError(self._uninitialised_message())
-            self.initialize_(x)
-        return self._quantize(x)
+            return x.to(torch.get_autocast_dtype(x.device.type))
+        return x
+
+    @torch.compiler.disable  # reads torch's map of sharded modules; initialize_ is outside the graph anyway
+    def _first_batch(self, x: torch.Tensor) -> None:
+        """The initialisation from the first training batch x, or the error where it cannot be right."""
+        if not self.training:
+            raise RuntimeError(self._uninitialised_message())
+        if not self._initializes_on_shards and distributed.in_sharded_module(self):
+            raise RuntimeError(
+                f"lsq_fast: this {type(self).__name__} would initialise inside the forward of a module sharded by "
+                "FSDP2 (fully_shard), writing into the gathered copy of its parameters that FSDP2 frees afterwards: "
+                "training would go on with placeholder values. Call lsq_fast.fully_shard_quantizers(model) before "
+                "fully_shard (its quantizers then initialise on the sharded parameters), or initialise them before "
+                "sharding (a training-mode forward on every rank, or a trained state_dict)"
+            )
+        self.initialize_(x)
+
+    def _not_float32_message(self, name: str, dtype: torch.dtype) -> str:
+        return (
+            f"lsq_fast: {type(self).__name__}.{name} is {dtype} in this forward; the learned parameters must be "
+            "float32. Under FSDP2, MixedPrecisionPolicy(param_dtype=...) casts every parameter of the modules it "
+            "shards: call lsq_fast.fully_shard_quantizers(model) before fully_shard to keep the quantizers' "
+            "parameters float32"
+        )
 
     def _uninitialised_message(self) -> str:
         return (
@@ -125,6 +161,7 @@ class LearnedQuantizer(nn.Module):
             if p is None:
                 continue
             positive = any(name == positive_name for positive_name, _ in self._POSITIVE)
+            p = distributed.full_value(p)  # every rank loads: a sharded parameter is checked whole
             ok = torch.isfinite(p) & (p > 0) if positive else torch.isfinite(p)
             if not bool(torch.all(ok)):
                 kind = "positive and finite" if positive else "finite"
@@ -202,6 +239,8 @@ def usable(step: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
 def preview(t: torch.Tensor) -> str:
     if t.is_meta:
         return "(meta)"
+    if distributed.is_sharded(t):  # its values would need a collective, and repr runs on one rank
+        return "(sharded)"
     values = t.detach().float().cpu()
     if values.numel() == 1:
         return f"{values.item():.6g}"
