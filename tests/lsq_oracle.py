@@ -93,7 +93,8 @@ def step_grad_terms(x, step, grad_y, bits, signed, channel_axis) -> torch.Tensor
 def per_step_sum(t: torch.Tensor, channel_axis) -> torch.Tensor:
     if channel_axis is None:
         return t.sum().reshape(1)
-    return t.movedim(channel_axis, 0).reshape(t.shape[channel_axis], -1).sum(1)
+    moved = t.movedim(channel_axis, 0)
+    return moved.reshape(len(moved), -1).sum(1) if moved.numel() else moved.new_zeros(len(moved))
 
 
 def math_dtype(dtype: torch.dtype) -> torch.dtype:

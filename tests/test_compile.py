@@ -1,5 +1,5 @@
 """torch.compile, op by op and on whole models. The ops of LSQ's relatives (LSQ+, QIL weights
-and activations, LSQ's arctan soft-round backward) on each fused backend: one graph (fullgraph),
+and activations, LSQ's arctan soft-round backward, per-group LSQ and LSQ+) on each fused backend: one graph (fullgraph),
 forward and backward, with eager mode's numbers (the forward and grad_x to the bit, the parameter
 gradients within the contract's bound of the exact sum). Quantized models: no graph break in the
 quantizers, forward or backward, and the same numbers as eager. (LSQ's own ops:
@@ -28,13 +28,15 @@ from tiny_models import METHODS, small_cnn, toy_task
 
 SHAPE = (4, 8, 6, 6)
 FORWARD_OP = {"lsq_plus": "lsq_plus_forward", "lsq_plus_per_channel": "lsq_plus_forward", "qil_weight": "qil_forward",
-              "qil_activation": "qil_forward", "lsq_arctan": "lsq_forward", "lsq_arctan_per_channel": "lsq_forward"}
+              "qil_activation": "qil_forward", "lsq_arctan": "lsq_forward", "lsq_arctan_per_channel": "lsq_forward",
+              "lsq_per_group": "lsq_forward", "lsq_plus_per_group": "lsq_plus_forward"}
+GROUP = 3  # per-group steps: SHAPE's last axis in groups of 3
 QUANTIZERS = list(FORWARD_OP)
 K = 3.0  # the arctan soft round's sharpness
 
 
 def family(impl, name):
-    if impl.backend == "cuda" and not name.startswith("lsq_arctan"):
+    if impl.backend == "cuda" and name.startswith(("lsq_plus", "qil")):
         pytest.skip("LSQ+ and QIL have no CUDA C++ kernels (backend='triton' runs them on CUDA tensors)")
     return impl
 
@@ -44,7 +46,27 @@ def case(name, impl):
     backend, its float32 inputs on impl's device (x first), and bounds(grad_y): the contract's
     Bound of each parameter's gradient (the inputs after x), from the CPU inputs."""
     backend = impl.backend
-    if name.startswith("lsq_plus"):
+    if name.endswith("per_group"):  # the oracle on x's rows of one group (each a channel, axis 0)
+        rows = SHAPE[0] * SHAPE[1] * SHAPE[2] * SHAPE[3] // GROUP
+        groups = (*SHAPE[:-1], SHAPE[-1] // GROUP)
+        step = make_step(rows)
+        plus = name.startswith("lsq_plus")
+        offset = torch.randn(rows) * 0.1 if plus else torch.zeros(rows)
+        x_rows = make_x((rows, GROUP), step, 4, not plus, 0) + offset[:, None]
+
+        def fn(x, step, *offset):
+            if plus:
+                return lsq_fast.lsq_plus_quantize(x, step, *offset, 4, group_size=GROUP, backend=backend)
+            return lsq_fast.lsq_quantize(x, step, 4, group_size=GROUP, backend=backend)
+
+        inputs = (x_rows.reshape(SHAPE), step.reshape(groups)) + ((offset.reshape(groups),) if plus else ())
+
+        def bounds(gy):
+            gy = gy.reshape(-1, GROUP)
+            if plus:
+                return list(lsq_plus_bounds(x_rows, step, offset, gy, 4, False, 0).values())
+            return [lsq_step_bound(x_rows, step, gy, 4, True, 0)]
+    elif name.startswith("lsq_plus"):
         axis = 1 if name.endswith("per_channel") else None
         step = make_step(1 if axis is None else SHAPE[1])
         offset = torch.randn(step.shape) * 0.1

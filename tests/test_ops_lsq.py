@@ -237,3 +237,100 @@ def test_soft_round_is_a_backward_switch(impl, seed):
     reference.lsq_quantize(xr, sr, 3, round_grad="arctan", k=2.0).sum().backward()
     torch.testing.assert_close(xs.grad.cpu(), xr.grad, rtol=1e-5, atol=0)
     assert_step_grad_close(ss.grad, x.cpu(), step, torch.ones(x.shape), 3, True, None, soft_round_k=2.0)
+
+
+# -- per-group steps (docs/contract.md, section 1, "Per-group"): a step per G elements of the last axis
+
+
+# (x's shape, G): G of 32 to 256 and of the whole row, odd row counts, batched leading axes, empty
+GROUPS = [((8, 256), 32), ((5, 256), 64), ((3, 7, 256), 128), ((3, 512), 256), ((7, 96), 96), ((1, 128), 128),
+          ((0, 64), 32), ((3, 0), 16)]
+
+
+def make_group_inputs(shape, group_size, bits, signed, dtype, power_of_two=False):
+    """x with ties, clip points and -0.0 (lsq_oracle.make_x on its rows of one group), and a
+    step of shape [..., K / G]."""
+    rows = (torch.Size(shape).numel() // group_size) if group_size else 0
+    step = make_step(rows, power_of_two=power_of_two)
+    x = make_x((rows, group_size), step, bits, signed, 0, dtype).reshape(shape)
+    return x, step.reshape(*shape[:-1], shape[-1] // group_size)
+
+
+def check_per_group(impl, x, step, bits, signed, group_size, grad_scale=None, soft_round_k=None):
+    """The backend and the reference on per-group steps; the oracle on x's rows of one group,
+    where each group is a channel (axis 0) of the per-channel oracle."""
+    grad_y = torch.randn(x.shape).to(x.dtype)
+    options = dict(signed=signed, group_size=group_size, grad_scale=grad_scale)
+    if soft_round_k is not None:
+        options.update(round_grad="arctan", k=soft_round_k)
+    run = lambda backend: lambda xi, si: lsq_fast.lsq_quantize(xi, si, bits, **options, backend=backend)  # noqa: E731
+    y, gx, gs = grads_of(run(impl.backend), (x, step), grad_y, impl.device)
+    y_ref, gx_ref, gs_ref = grads_of(run("reference"), (x.cpu(), step), grad_y, "cpu")
+    assert y.shape == x.shape and y.dtype == x.dtype and gs.shape == step.shape and gs.dtype == step.dtype
+    assert_same_bits(y, y_ref)
+    rows, steps, grad_rows = x.cpu().reshape(-1, group_size), step.reshape(-1), grad_y.reshape(-1, group_size)
+    if soft_round_k is None:
+        assert torch.equal(gx.reshape(-1, group_size), expected_grad_x(rows, steps, grad_rows, bits, signed, 0))
+    else:
+        exact = soft_round_oracle(rows, steps, grad_rows, bits, signed, 0, soft_round_k)[0]
+        torch.testing.assert_close(gx.reshape(-1, group_size).double(), exact.to(x.dtype).double(), rtol=RTOL[x.dtype],
+                                   atol=0)
+    torch.testing.assert_close(gx, gx_ref, rtol=RTOL[x.dtype], atol=0)
+    assert_step_grad_close(gs.reshape(-1), rows, steps, grad_rows, bits, signed, 0, grad_scale,
+                           soft_round_k=soft_round_k)
+    return y, gx, gs
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("shape,group_size", GROUPS, ids=[f"{s}-g{g}" for s, g in GROUPS])
+def test_per_group(impl, seed, shape, group_size, dtype):
+    x, step = make_group_inputs(shape, group_size, 4, True, dtype, power_of_two=dtype != torch.float32)
+    check_per_group(impl, x, step, 4, True, group_size)
+
+
+@pytest.mark.parametrize("bits,signed", [(2, True), (3, True), (8, True), (1, False), (4, False), (8, False)])
+@pytest.mark.parametrize("power_of_two", [True, False], ids=["exact-ties", "random-step"])
+def test_per_group_every_grid(impl, seed, bits, signed, power_of_two):
+    x, step = make_group_inputs((6, 128), 64, bits, signed, torch.float32, power_of_two)
+    check_per_group(impl, x, step, bits, signed, 64)
+
+
+def test_per_group_soft_round_and_grad_scale(impl, seed):
+    x, step = make_group_inputs((5, 192), 64, 3, True, torch.float32)
+    check_per_group(impl, x, step, 3, True, 64, soft_round_k=5.0)
+    check_per_group(impl, x, step, 3, True, 64, grad_scale=0.5)
+
+
+def test_per_group_of_a_whole_row_is_per_channel(impl, seed):
+    """The spec's identity: G = K on a 2-D weight is per-channel on axis 0, to the bit in y and
+    grad_x, and the step gradient within the same bound."""
+    x, step = make_group_inputs((9, 80), 80, 4, True, torch.float32)
+    grouped = check_per_group(impl, x, step, 4, True, 80)  # grad_x exact, as per-channel's below
+    channel = check_against_reference(impl, x, step.reshape(-1), 4, True, 0)
+    assert_same_bits(grouped[0], channel[0])
+
+
+def test_per_group_reads_any_layout(impl, seed):
+    """A last axis that is not contiguous (a transposed weight) is copied once into groups."""
+    x, step = make_group_inputs((12, 64), 64, 4, True, torch.float32)
+    xt = impl.put(x).t().contiguous().t()  # x's values, column-major
+    assert not xt.is_contiguous()
+    y, _, _ = check_per_group(impl, xt, step, 4, True, 64)
+    assert_same_bits(y, reference.lsq_quantize(x, step, 4, group_size=64))
+
+
+@pytest.mark.parametrize("bad,message", [
+    (dict(group_size=48), "group_size 48 does not divide x's last dimension 128"),
+    (dict(group_size=0), "group_size must be an int >= 1"),
+    (dict(group_size=True), "group_size must be an int >= 1"),
+    (dict(group_size=64, channel_axis=0), "pass group_size or channel_axis, not both"),
+    (dict(group_size=32), r"a per-group step must have shape \[4, 4\]"),
+])
+def test_per_group_bad_arguments(impl, bad, message):
+    x = impl.put(torch.randn(4, 128))
+    step = impl.put(torch.full((4, 2), 0.1))
+    for backend in (impl.backend, "reference"):
+        with pytest.raises(ValueError, match=message):
+            lsq_fast.lsq_quantize(x, step, 4, **bad, backend=backend)
+    with pytest.raises(ValueError, match="at least one dimension"):
+        lsq_fast.lsq_quantize(impl.put(torch.tensor(1.0)), step, 4, group_size=1, backend=impl.backend)

@@ -146,6 +146,43 @@ def test_lsq_plus_grad_scale_expanded_grad_and_empty(impl, seed):
         assert gx.shape == xe.shape and torch.equal(gs, torch.zeros_like(se)) and torch.equal(go, torch.zeros_like(oe))
 
 
+PLUS_GROUPS = [((6, 256), 64), ((3, 5, 128), 128), ((7, 96), 32), ((4, 80), 80), ((0, 64), 32)]
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("shape,group_size", PLUS_GROUPS, ids=[f"{s}-g{g}" for s, g in PLUS_GROUPS])
+def test_lsq_plus_per_group(impl, seed, shape, group_size, dtype):
+    """A step and an offset per group of the last axis (EfficientQAT's block-wise quantizer): the
+    oracle on x's rows of one group, each group a channel (axis 0) of the per-channel oracle."""
+    family(impl)
+    rows = torch.Size(shape).numel() // group_size
+    x_rows, step, offset = make_plus_inputs((rows, group_size), 0, dtype, bits=4, power_of_two=dtype != torch.float32)
+    groups = [*shape[:-1], shape[-1] // group_size]
+    x, steps, offsets = x_rows.reshape(shape), step.reshape(groups), offset.reshape(groups)
+    grad_y = torch.randn(shape).to(dtype)
+    run = lambda backend: lambda xi, si, oi: lsq_fast.lsq_plus_quantize(  # noqa: E731
+        xi, si, oi, 4, group_size=group_size, backend=backend)
+    y, gx, gs, go = grads_of(run(impl.backend), (x, steps, offsets), grad_y, impl.device)
+    y_ref, _, _, _ = grads_of(run("reference"), (x, steps, offsets), grad_y, "cpu")
+    assert y.shape == x.shape and gs.shape == go.shape == steps.shape
+    assert_same_bits(y, y_ref)
+    grad_rows = grad_y.reshape(-1, group_size)
+    _, clipped, step_terms, offset_terms = lsq_plus_terms(x_rows, step, offset, grad_rows, 4, False, 0)
+    assert torch.equal(gx.reshape(-1, group_size), torch.where(clipped, torch.zeros_like(grad_rows), grad_rows))
+    g = lsq_fast.default_grad_scale(group_size, 4, False)
+    assert_grad_within(gs.reshape(-1), sum_bound(step_terms, 0, g), "grad_step")
+    assert_grad_within(go.reshape(-1), sum_bound(offset_terms, 0, g), "grad_offset")
+
+
+def test_lsq_plus_per_group_bad_arguments(impl):
+    family(impl)
+    x, step = impl.put(torch.randn(4, 128)), impl.put(torch.full((4, 2), 0.1))
+    with pytest.raises(ValueError, match="group_size 48 does not divide"):
+        lsq_fast.lsq_plus_quantize(x, step, torch.zeros_like(step), 4, group_size=48, backend=impl.backend)
+    with pytest.raises(ValueError, match="offset must match step"):
+        lsq_fast.lsq_plus_quantize(x, step, torch.zeros_like(step).reshape(-1), 4, group_size=64, backend=impl.backend)
+
+
 def test_lsq_plus_nan_and_inf_follow_the_reference(impl):
     family(impl)
     x = torch.tensor([float("nan"), float("inf"), -float("inf"), 1.0, -0.0, 0.3])

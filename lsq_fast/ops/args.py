@@ -140,6 +140,35 @@ def check_qil_args(x: torch.Tensor, levels: int, weight: bool, **params: torch.T
             raise ValueError(f"lsq_fast: QIL's {name} is on {p.device} but x is on {x.device}")
 
 
+def check_group_size(x: torch.Tensor, step: torch.Tensor, group_size: int, channel_axis: int | None) -> int:
+    """Per-group steps (docs/contract.md, section 1): `group_size` G consecutive elements of x's
+    last axis share a step, so x of shape [..., K] takes a step of shape [..., K / G]. Returns G."""
+    if not isinstance(x, torch.Tensor) or not isinstance(step, torch.Tensor):
+        raise TypeError("lsq_fast: x and step must be tensors")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"lsq_fast: group_size must be an int >= 1, got {group_size!r}")
+    if channel_axis is not None:
+        raise ValueError("lsq_fast: pass group_size or channel_axis, not both: groups run along x's last axis")
+    if x.dim() == 0:
+        raise ValueError("lsq_fast: per-group quantization needs x with at least one dimension")
+    if x.shape[-1] % group_size:
+        raise ValueError(f"lsq_fast: group_size {group_size} does not divide x's last dimension {x.shape[-1]}")
+    want = [*x.shape[:-1], x.shape[-1] // group_size]
+    if list(step.shape) != want:
+        raise ValueError(
+            f"lsq_fast: a per-group step must have shape {want} (x's shape with its last dimension divided by "
+            f"group_size {group_size}), got {list(step.shape)}"
+        )
+    return group_size
+
+
+def group_rows(x: torch.Tensor, group_size: int, *per_step: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """x as rows of one group each, [x.numel() / G, G] (a view where x's last axis is contiguous,
+    else one copy), and each per-step tensor flat: the per-channel quantizer on axis 0 of these
+    is the per-group one, element for element and group for group."""
+    return (x.reshape(-1, group_size), *(t.reshape(-1) for t in per_step))
+
+
 def numel_per_step(x: torch.Tensor, channel_axis: int | None) -> int:
     if channel_axis is None:
         return x.numel()

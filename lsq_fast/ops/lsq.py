@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from .args import check_args, check_grad_scale, soft_round_sharpness
+from .args import check_args, check_grad_scale, check_group_size, group_rows, soft_round_sharpness
 from .backends import resolve_backend
 from .registry import quantizer_ops
 
@@ -20,6 +20,7 @@ def lsq_quantize(
     grad_scale: float | None = None,
     round_grad: str = "ste",
     k: float = 5.0,
+    group_size: int | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Fake-quantize x with a learned step: ``step * round(clip(x / step, qmin, qmax))``.
@@ -46,6 +47,12 @@ def lsq_quantize(
             :mod:`lsq_fast.reference.soft_round`.
         k: the soft round's sharpness (> 0; used with round_grad="arctan"): large k approaches
             round()'s spikes, small k the straight-through estimator.
+        group_size: per-group steps (LLM weights): G consecutive elements of x's last axis
+            share a step, so x of shape [..., K] takes a step of shape [..., K / G] (a Linear
+            weight [out, in] steps [out, in / G]); K % G == 0; not with channel_axis. The
+            default grad_scale is then 1/sqrt(G * qmax). Runs the per-channel kernels on
+            x's rows of one group ([numel / G, G]: a view of x when its last axis is
+            contiguous, one copy otherwise; the result is then contiguous).
         backend: "auto" (the fastest for x's device: "cpu" on CPU tensors; on CUDA tensors
             "cuda" or "triton", whichever lsq_fast/ops/backend_table.json measured faster for this
             layout, dtype and size on this GPU architecture, "triton" where nothing was measured),
@@ -56,6 +63,11 @@ def lsq_quantize(
         (straight through inside the clip range, zero outside, strict at the clip points) and to
         step (LSQ's dy/ds, reduced in float32 or better in a fixed order).
     """
+    if group_size is not None:
+        check_group_size(x, step, group_size, channel_axis)
+        rows, steps = group_rows(x, group_size, step)
+        return lsq_quantize(rows, steps, bits, signed=signed, channel_axis=0, grad_scale=grad_scale,
+                            round_grad=round_grad, k=k, backend=backend).reshape(x.shape)
     qmin, qmax, axis = check_args(x, step, bits, signed, channel_axis)
     g = check_grad_scale(grad_scale)
     soft_round_k = soft_round_sharpness(round_grad, k)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from .args import check_args, check_grad_scale, check_offset
+from .args import check_args, check_grad_scale, check_group_size, check_offset, group_rows
 from .backends import resolve_backend
 from .registry import quantizer_ops
 
@@ -20,6 +20,7 @@ def lsq_plus_quantize(
     signed: bool = False,
     channel_axis: int | None = None,
     grad_scale: float | None = None,
+    group_size: int | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Fake-quantize x with a learned step and offset:
@@ -32,6 +33,8 @@ def lsq_plus_quantize(
         x, step, channel_axis, grad_scale: as in :func:`lsq_fast.lsq_quantize` (float32 math,
             float32 step with one element or one per channel).
         offset: float32 tensor shaped like step: the learned offset beta.
+        group_size: per-group steps and offsets, as in :func:`lsq_fast.lsq_quantize`
+            (EfficientQAT's asymmetric block-wise quantizer).
         bits, signed: the integer grid; unsigned by default, as LSQ+ uses it.
         backend: "auto", "cpu", "triton" or "reference" (no CUDA C++ kernels: "auto" picks
             Triton on CUDA tensors).
@@ -43,6 +46,12 @@ def lsq_plus_quantize(
         parameter gradients are scaled by the same g and reduced in float32 or better in a
         fixed order in one backward pass.
     """
+    if group_size is not None:
+        check_group_size(x, step, group_size, channel_axis)
+        check_offset(offset, step)
+        rows, steps, offsets = group_rows(x, group_size, step, offset)
+        return lsq_plus_quantize(rows, steps, offsets, bits, signed=signed, channel_axis=0, grad_scale=grad_scale,
+                                 backend=backend).reshape(x.shape)
     qmin, qmax, axis = check_args(x, step, bits, signed, channel_axis)
     check_offset(offset, step)
     g = check_grad_scale(grad_scale)

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..ops.args import (
-    STEP_FLOOR, check_args, check_grad_scale, check_step_values, default_grad_scale, numel_per_step, soft_round_sharpness,
+    STEP_FLOOR, check_args, check_grad_scale, check_group_size, check_step_values, default_grad_scale, group_rows,
+    numel_per_step, soft_round_sharpness,
 )
 from .soft_round import arctan_roundpass
 
@@ -49,13 +50,22 @@ def lsq_quantize(
     grad_scale: float | None = None,
     round_grad: str = "ste",
     k: float = 5.0,
+    group_size: int | None = None,
 ) -> torch.Tensor:
     """Reference LSQ fake quantization; same contract as :func:`lsq_fast.lsq_quantize`.
 
     round_grad: "ste" (the paper's straight-through round) or "arctan": LG-LSQ's arctangent soft
     round of sharpness k in the backward pass only (grad_x and grad_step), as this project reads
     the LG-LSQ abstract (see soft_round.py); the forward pass is the same.
+
+    group_size: per-group steps, each group of G consecutive elements of the last axis the
+    per-channel quantizer's channel (docs/contract.md, section 1, "Per-group").
     """
+    if group_size is not None:
+        check_group_size(x, step, group_size, channel_axis)
+        rows, steps = group_rows(x, group_size, step)
+        return lsq_quantize(rows, steps, bits, signed=signed, channel_axis=0, grad_scale=grad_scale,
+                            round_grad=round_grad, k=k).reshape(x.shape)
     qmin, qmax, axis = check_args(x, step, bits, signed, channel_axis)
     g = check_grad_scale(grad_scale)
     if g is None:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops.args import STEP_FLOOR, check_args, check_offset, check_grad_scale, check_step_values, default_grad_scale, numel_per_step
+from ..ops.args import (
+    STEP_FLOOR, check_args, check_grad_scale, check_group_size, check_offset, check_step_values, default_grad_scale,
+    group_rows, numel_per_step,
+)
 from .lsq import along, gradscale, math_type, roundpass
 
 
@@ -25,9 +28,17 @@ def lsq_plus_quantize(
     signed: bool = False,
     channel_axis: int | None = None,
     grad_scale: float | None = None,
+    group_size: int | None = None,
 ) -> torch.Tensor:
-    """Reference LSQ+ fake quantization. step and offset: float32, one element or one per channel
-    of x.shape[channel_axis]; grad_scale as in lsq_quantize (None: 1/sqrt(N * qmax))."""
+    """Reference LSQ+ fake quantization. step and offset: float32, one element, one per channel
+    of x.shape[channel_axis] or one per group of `group_size` along the last axis; grad_scale as
+    in lsq_quantize (None: 1/sqrt(N * qmax))."""
+    if group_size is not None:
+        check_group_size(x, step, group_size, channel_axis)
+        check_offset(offset, step)
+        rows, steps, offsets = group_rows(x, group_size, step, offset)
+        return lsq_plus_quantize(rows, steps, offsets, bits, signed=signed, channel_axis=0,
+                                 grad_scale=grad_scale).reshape(x.shape)
     qmin, qmax, axis = check_args(x, step, bits, signed, channel_axis)
     check_offset(offset, step)
     g = check_grad_scale(grad_scale)
