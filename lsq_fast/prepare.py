@@ -26,6 +26,7 @@ class LayerSummary:
     per_channel_weights: bool
     note: str = ""
     method: str | None = "lsq"  # "lsq", "lsq+" or "qil"; None for a skipped layer
+    weight_group_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ class QuantizationSummary:
             (
                 layer.name,
                 layer.kind,
-                _bits(layer.weight_bits) + (" per-channel" if layer.per_channel_weights else ""),
+                _bits(layer.weight_bits) + (" per-channel" if layer.per_channel_weights else "")
+                + (f" g{layer.weight_group_size}" if layer.weight_group_size else ""),
                 _bits(layer.act_bits),
                 layer.note,
             )
@@ -86,6 +88,7 @@ def quantize_model(
     method: str = "lsq",
     round_grad: str = "ste",
     k: float = 5.0,
+    weight_group_size: int | None = None,
 ) -> QuantizationSummary:
     """Replaces, in place, every nn.Conv2d and nn.Linear of `model` by QuantConv2d/QuantLinear.
 
@@ -113,13 +116,19 @@ def quantize_model(
       are quantized to 0: the first layer's normalised image loses its negative part (it
       warns when it initialises; keep that layer float with `skip`, or use another method).
 
-    per_channel_weights=True with method "qil", act_signed=True with "qil", and round_grad
-    other than "ste" with a method other than "lsq" are ValueErrors.
+    `weight_group_size`: per-group weight steps for Linear layers (LLM QAT; see
+    :class:`lsq_fast.QuantConfig`), usually with act_bits=None (weight-only) and
+    first_last_bits=None.
+
+    per_channel_weights=True with method "qil", act_signed=True with "qil", round_grad other
+    than "ste" with a method other than "lsq", and weight_group_size with "qil", with a Conv2d
+    or with a Linear whose input features it does not divide are ValueErrors.
 
     Returns the summary of what it did (it prints as a table). A model that already holds
     quantized layers is an error: quantizing twice would quantize a quantized weight.
     """
-    config = QuantConfig(weight_bits, act_bits, per_channel_weights, act_signed, backend, method, round_grad, k)
+    config = QuantConfig(weight_bits, act_bits, per_channel_weights, act_signed, backend, method, round_grad, k,
+                         weight_group_size)
     edge_config = config if first_last_bits is None else dataclasses.replace(
         config, weight_bits=first_last_bits, act_bits=None if act_bits is None else first_last_bits
     )
@@ -154,9 +163,12 @@ def quantize_model(
             continue
         # the edges' activations stay float where the caller asked for weights only
         layer_config = edge_config if name in edges else config
-        replacements[id(layer)] = _QUANTIZED_TYPE[type(layer)].from_float(layer, layer_config)
+        try:
+            replacements[id(layer)] = _QUANTIZED_TYPE[type(layer)].from_float(layer, layer_config)
+        except ValueError as e:  # a layer the options do not fit (weight_group_size on a Conv2d, ...): name it
+            raise ValueError(f"{e} (layer {name!r}; nothing was changed)") from None
         rows.append(LayerSummary(name, kind, layer_config.weight_bits, layer_config.act_bits, per_channel_weights,
-                                 edges.get(name, ""), method))
+                                 edges.get(name, ""), method, weight_group_size))
 
     # Every place a layer appears: a module shared by two parents is replaced in both.
     places = [

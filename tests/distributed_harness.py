@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import lsq_fast
-from lsq_oracle import QuantizerTaps, assert_quantizer_grads_within
+from lsq_oracle import Bound, QuantizerTaps, assert_quantizer_grads_within
 from tiny_models import METHODS, small_cnn, small_mlp, toy_task
 
 WORLD = 2
@@ -70,12 +70,17 @@ def batches(seed: int, model: str = "cnn"):
             for _ in range(STEPS)]
 
 
-def make_model(seed: int, model: str = "cnn", method: str = "lsq", per_channel: bool = False):
-    """The float model (the same weights on every rank), quantized by quantize_model."""
+def make_model(seed: int, model: str = "cnn", method: str = "lsq", per_channel: bool | int = False):
+    """The float model (the same weights on every rank), quantized by quantize_model; an int
+    per_channel is a weight_group_size (the MLP: weight-only, as LLM QAT runs)."""
     torch.manual_seed(seed)
     net = small_cnn() if model == "cnn" else small_mlp()
     options = dict(METHODS[method])
-    lsq_fast.quantize_model(net, per_channel_weights=per_channel, **options)
+    if per_channel is True or per_channel is False:
+        lsq_fast.quantize_model(net, per_channel_weights=per_channel, **options)
+    else:
+        options.update(first_last_bits=None, act_bits=None)
+        lsq_fast.quantize_model(net, weight_group_size=per_channel, **options)
     return net
 
 
@@ -138,9 +143,10 @@ def train(seed: int, rank: int = 0, world: int = 1, method: str = "lsq", follow:
           parallel: str = "ddp", model: str = "cnn", per_channel: bool = False) -> dict:
     """SGD on this rank's slice of every batch (the whole batch when world == 1), the model
     wrapped by DistributedDataParallel (parallel="ddp") or sharded by FSDP2 ("fsdp"). Returns,
-    per step, the state the forward used (after the first step's initialisation) and every
-    parameter's gradient; one process (world == 1) also gives the contract's bound of each
-    quantizer parameter's gradient (lsq_oracle.QuantizerTaps). With `follow` (one process's
+    per step, the state the forward used (after the first step's initialisation), every
+    parameter's gradient, and the contract's bound of each quantizer parameter's gradient from
+    this rank's own terms (lsq_oracle.QuantizerTaps: its slice of the batch, the upstream
+    gradient it computed). With `follow` (one process's
     run), the steps after the first start from that run's state: every step then compares
     gradients from the same parameters, not trajectories that rounding can part (a last-bit
     change in a step can move a value across a rounding tie, and then a level)."""
@@ -149,7 +155,7 @@ def train(seed: int, rank: int = 0, world: int = 1, method: str = "lsq", follow:
         net = DistributedDataParallel(net) if parallel == "ddp" else shard(net)
     inner = net.module if isinstance(net, DistributedDataParallel) else net
     optimizer = optimizer_for(net, method)
-    taps = QuantizerTaps(inner) if world == 1 else None
+    taps = QuantizerTaps(inner)
     steps = []
     for t, (inputs, labels) in enumerate(batches(seed, model)):
         if follow and t > 0:
@@ -162,16 +168,27 @@ def train(seed: int, rank: int = 0, world: int = 1, method: str = "lsq", follow:
         steps.append({
             "state": whole_state(inner),  # tensors, and the quantizers' extra state
             "grads": whole_grads(inner),
-            "bounds": taps.bounds() if taps else None,
+            "bounds": taps.bounds(),
         })
         optimizer.step()
     return {"steps": steps}
 
 
+def mean_bounds(bounds: list[dict[str, Bound]]) -> dict[str, Bound]:
+    """The bound of a gradient the ranks average (DDP's all-reduce, FSDP2's reduce-scatter):
+    the mean of each rank's exact sum, within the mean of their bounds (the reduction's own
+    rounding, a few float32 ulps of the result, is far inside 1e-5 of the terms)."""
+    return {name: Bound(sum(b[name].exact for b in bounds) / len(bounds), sum(b[name].bound for b in bounds) / len(bounds))
+            for name in bounds[0]}
+
+
 def assert_same_steps(ranks: list[dict], single: dict, what: str = "") -> None:
     """The ranks agree to the bit; the first step's initialised state equals one process's; at
     every step the quantizer parameters' gradients are within the contract's bound of the exact
-    sums (one process's terms), the float weights' within float32 rounding of one process's."""
+    sums of the ranks' terms (a weight quantizer's upstream gradient is each rank's sum over its
+    slice of the batch, which rounds otherwise than one process's sum over the whole), and one
+    process's within the bound of its own; the float weights' within float32 rounding of one
+    process's."""
     for t, step in enumerate(single["steps"]):
         for r in ranks:
             for kind in ("state", "grads"):
@@ -189,7 +206,8 @@ def assert_same_steps(ranks: list[dict], single: dict, what: str = "") -> None:
                 else:
                     assert mine["state"][k] == v, what + k
         bounds = step["bounds"]
-        assert_quantizer_grads_within(mine["grads"], bounds, f"{what}step {t}: ")
+        assert_quantizer_grads_within(mine["grads"], mean_bounds([r["steps"][t]["bounds"] for r in ranks]),
+                                      f"{what}step {t}: ")
         assert_quantizer_grads_within(step["grads"], bounds, f"{what}step {t}, one process: ")
         for k in step["grads"].keys() - bounds.keys():  # weights and biases: a sum over the batch, in halves
             want = step["grads"][k]

@@ -246,7 +246,7 @@ class QuantizerTaps:
 
     def _hook(self, name):
         def record(module, inputs, y):
-            x = inputs[0].detach()
+            x = inputs[0].detach().clone()  # a copy: FSDP2 frees the gathered weight it may be after the backward
             if x.dtype != y.dtype:  # autocast: the quantizer ran in y's dtype
                 x = x.to(y.dtype)
             entry = {"module": module, "x": x, "params": {k: p.detach().clone() for k, p in module.named_parameters()}}
@@ -282,13 +282,17 @@ class QuantizerTaps:
 def _quantizer_bounds(q, x, params, grad_y) -> dict[str, Bound]:
     x, grad_y = x.cpu(), grad_y.cpu()
     params = {k: v.cpu() for k, v in params.items()}
+    axis, group = getattr(q, "channel_axis", None), getattr(q, "group_size", None)
+    if group is not None:  # each group a channel (axis 0) of x's rows of one group
+        x, grad_y, axis = x.reshape(-1, group), grad_y.reshape(-1, group), 0
+        params = {k: v.reshape(-1) for k, v in params.items()}
     if isinstance(q, lsq_fast.LSQQuantizer):
         k = None if q.round_grad == "ste" else q.k
-        return {"step": lsq_step_bound(x, params["step"], grad_y, q.bits, q.signed, q.channel_axis,
-                                       q._grad_scale(x), soft_round_k=k)}
+        return {"step": lsq_step_bound(x, params["step"], grad_y, q.bits, q.signed, axis, q._grad_scale(x),
+                                       soft_round_k=k)}
     if isinstance(q, lsq_fast.LSQPlusQuantizer):
-        g = grad_scale_over_ranks(x, q.grad_scale, q.role, q.channel_axis, lsq_fast.qrange(q.bits, q.signed)[1])
-        return lsq_plus_bounds(x, params["step"], params["offset"], grad_y, q.bits, q.signed, q.channel_axis, g)
+        g = grad_scale_over_ranks(x, q.grad_scale, q.role, axis, lsq_fast.qrange(q.bits, q.signed)[1])
+        return lsq_plus_bounds(x, params["step"], params["offset"], grad_y, q.bits, q.signed, axis, g)
     weight = q.role == "weight"
     _, bounds, *_ = qil_oracle(x, params["center"], params["distance"], params.get("gamma"), grad_y, weight)
     return {k: b for k, b in bounds.items() if k in params}

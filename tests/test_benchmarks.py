@@ -15,6 +15,7 @@ import lsq_fast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+import bench_cpu_groups  # noqa: E402
 import bench_fsdp  # noqa: E402
 import bench_lsq  # noqa: E402
 import bench_qat  # noqa: E402
@@ -44,6 +45,12 @@ def test_fsdp_benchmark_counts_the_collectives():
     assert counts["float"] == counts["with-layers"] == 3 * layers
     assert counts["units"] == counts["float"] + 2 * layers  # its quantizers: gathered once, reduced once
     assert counts["units-resharded"] == counts["float"] + 3 * layers
+
+
+def test_cpu_groups_benchmark_runs(capsys):
+    bench_cpu_groups.main(["--repeat", "1", "--size", "256"])
+    out = capsys.readouterr().out
+    assert out.count("group 32") == 2 and out.count("copy") == 2  # float32 and bfloat16
 
 
 def test_peak_memory_of_fused_and_reference_fwd_bwd():

@@ -99,3 +99,15 @@ def test_lsq_thread_count_independent(seed, axis):
     x = make_x(shape, step, 4, True, axis)
     grad_y = torch.randn(shape)
     assert_thread_count_independent(lambda: OPS.lsq_backward(grad_y, x, step, -8, 7, axis, None))
+
+
+@pytest.mark.parametrize("group_size", [16, 32, 128])
+def test_per_group_thread_count_independent(seed, group_size):
+    """Per-group rows ([numel / G, G], channels of G elements in one row of segments): items of
+    many whole groups, the same bits for any thread count, LSQ and LSQ+."""
+    rows = (1 << 18) // group_size
+    step = make_step(rows)
+    x = make_x((rows, group_size), step, 4, True, 0)
+    grad_y = torch.randn(x.shape)
+    assert_thread_count_independent(lambda: OPS.lsq_backward(grad_y, x, step, -8, 7, 0, None))
+    assert_thread_count_independent(lambda: lsq_plus_backward(grad_y, x, 0))

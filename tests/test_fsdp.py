@@ -1,7 +1,8 @@
 """FSDP2 (fully_shard) with the gloo backend, two processes on this machine, with the recipe of
 lsq_fast.nn.fsdp: fully_shard_quantizers(model), then fully_shard on every layer and on the root.
 
-- Training: the small CNN and the MLP, every method, per-tensor and per-channel weights, each
+- Training: the small CNN and the MLP, every method, per-tensor and per-channel weights (and
+  the MLP weight-only with per-group LSQ and LSQ+ weights), each
   rank half of every batch: the first step's initialisation lands in the sharded parameters,
   equal to one process's on the whole batch, and every step's gradients equal one process's
   from the same parameters (quantizer parameters within the contract's bound). The same for
@@ -43,7 +44,7 @@ CONFIGS = [
     for method in METHODS
     for per_channel in (False, True)
     if not (per_channel and method == "qil")
-]
+] + [("mlp", "lsq", 32), ("mlp", "lsq+", 16)]  # per-group weights (groups of 32 and 16 inputs), weight-only
 
 
 def quantizers(net: torch.nn.Module) -> dict[str, LearnedQuantizer]:
@@ -67,9 +68,11 @@ def test_fsdp_training_matches_one_process(tmp_path, seed):
     ranks = spawn(_training_ranks, tmp_path, seed, singles)
     assert_family_init([r["init"] for r in ranks], family_init(seed))
     for config, single in singles.items():
-        what = "{} {} {}: ".format(config[0], config[1], "per-channel" if config[2] else "per-tensor")
+        granularity = {True: "per-channel", False: "per-tensor"}.get(config[2], f"group {config[2]}")
+        what = f"{config[0]} {config[1]} {granularity}: "
         flags = [v for k, v in ranks[0][config]["steps"][0]["state"].items() if k.endswith("quantizer.initialized")]
-        assert len(flags) == (8 if config[0] == "cnn" else 6) and all(flags), what  # initialised at the first step
+        quantizers = {"cnn": 8, "mlp": 6 if config[2] in (True, False) else 3}[config[0]]
+        assert len(flags) == quantizers and all(flags), what  # initialised at the first step
         assert_same_steps([r[config] for r in ranks], single, what)
 
 

@@ -416,6 +416,19 @@ def test_autocast_bfloat16_on_cpu(seed):
         (lambda: quantize_model(small_cnn(), method="qil", round_grad="arctan"), ValueError, "it needs method='lsq'"),
         (lambda: quantize_model(small_cnn(), round_grad="arctan", k=-1.0), ValueError, "sharpness k"),
         (lambda: quantize_model(small_cnn(), method="LSQ"), ValueError, "method must be one of"),
+        (lambda: LSQQuantizer(4, True, role="weight", group_size=8), ValueError, "needs shape, the weight's shape"),
+        (lambda: LSQQuantizer(4, True, group_size=8, shape=(4, 16)), ValueError, "per-group steps are for weights"),
+        (lambda: LSQQuantizer(4, True, role="weight", group_size=8, shape=(4, 12)), ValueError, "does not divide"),
+        (lambda: LSQQuantizer(4, True, role="weight", group_size=0, shape=(4, 12)), ValueError, "group_size must be"),
+        (lambda: LSQQuantizer(4, True, shape=(4, 12)), ValueError, "set group_size too"),
+        (lambda: LSQQuantizer(4, True, 0, 4, role="weight", group_size=4, shape=(4, 12)), ValueError, "not both"),
+        (lambda: LSQPlusQuantizer(4, role="weight", group_size=4, shape=(4, 12), init="mse"), ValueError,
+         "min/max per group"),
+        (lambda: QuantLinear(12, 4, weight_group_size=5), ValueError, "does not divide this QuantLinear's 12"),
+        (lambda: QuantLinear(12, 4, weight_group_size=4, per_channel_weights=True), ValueError, "exclude each other"),
+        (lambda: QuantLinear(12, 4, weight_group_size=4, method="qil"), ValueError, "weight_group_size needs method"),
+        (lambda: QuantConv2d(3, 4, 3, weight_group_size=3), ValueError, "weight_group_size is for QuantLinear"),
+        (lambda: quantize_model(small_cnn(), weight_group_size=8), ValueError, r"layer '0'; nothing was changed"),
     ],
 )
 def test_bad_configuration(make, error, match):
@@ -731,6 +744,8 @@ MAKERS = {
     "lsq+mse": lambda: LSQPlusQuantizer(3, init="mse", init_batches=2),
     "qil-weight": lambda: QILQuantizer(3, "weight"),
     "qil-activation": lambda: QILQuantizer(2, "activation"),
+    "lsq-group": lambda: LSQQuantizer(4, True, role="weight", group_size=7, shape=(6, 7)),
+    "lsq+group": lambda: LSQPlusQuantizer(4, role="weight", group_size=7, shape=(6, 7)),
 }
 
 
@@ -858,6 +873,55 @@ def test_bad_method_leaves_model_float():
     with pytest.raises(ValueError):
         quantize_model(model, method="qil", per_channel_weights=True)
     assert not any(isinstance(m, (QuantConv2d, QuantLinear)) for m in model.modules())
+
+
+# -- per-group weights (LLM QAT): a step, or a step and an offset, per group of a row ---------------------
+
+
+def test_per_group_lsq_init_and_forward(seed):
+    w = torch.randn(16, 256)
+    w[3, 64:128] = 0.0  # a zero group takes the tensor's step
+    q = LSQQuantizer(4, True, role="weight", group_size=64, shape=w.shape)
+    y = q(w)
+    groups = w.reshape(16, 4, 64).abs().double()
+    want = 2 * groups.mean(2) / math.sqrt(7)
+    want[3, 1] = 2 * w.abs().double().mean() / math.sqrt(7)
+    torch.testing.assert_close(q.step.detach().double(), want, rtol=1e-6, atol=0)
+    assert torch.equal(y, lsq_fast.reference.lsq_quantize(w, q.step.detach(), 4, group_size=64))
+    assert "per-group (64 elements, steps [16, 4])" in repr(q)
+
+
+def test_per_group_lsq_plus_minmax_init(seed):
+    w = torch.randn(8, 96)
+    q = LSQPlusQuantizer(3, role="weight", group_size=32, shape=w.shape)
+    y = q(w)
+    groups = w.reshape(8, 3, 32)
+    low, high = groups.amin(2), groups.amax(2)
+    torch.testing.assert_close(q.step.detach(), (high - low) / 7, rtol=1e-6, atol=0)
+    torch.testing.assert_close(q.offset.detach(), low, rtol=0, atol=0)
+    assert torch.equal(y, lsq_fast.reference.lsq_plus_quantize(w, q.step.detach(), q.offset.detach(), 3, group_size=32))
+
+
+@pytest.mark.parametrize("method", ["lsq", "lsq+"])
+def test_weight_only_per_group_model(seed, method):
+    """quantize_model(act_bits=None, weight_group_size=G): the inputs stay float, every Linear's
+    weight gets a step (and for lsq+ an offset) per group, whose gradients are within the
+    contract's bound."""
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+    summary = quantize_model(model, act_bits=None, first_last_bits=None, weight_group_size=32, method=method)
+    assert "4-bit g32" in str(summary)
+    layers = [m for m in model if isinstance(m, QuantLinear)]
+    assert all(m.input_quantizer is None and m.weight_quantizer.step.shape == (m.out_features, m.in_features // 32)
+               for m in layers)
+    kind = LSQPlusQuantizer if method == "lsq+" else LSQQuantizer
+    assert all(type(m.weight_quantizer) is kind for m in layers)
+    x, labels = torch.randn(16, 64), torch.randint(0, 10, (16,))
+    with QuantizerTaps(model) as taps:
+        F.cross_entropy(model(x), labels).backward()
+        bounds = taps.bounds()
+    assert len(bounds) == 3 * (2 if method == "lsq+" else 1)
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert_quantizer_grads_within(grads, bounds)
 
 
 # -- training: each method fits the toy task, and its quantizers learn ----------------------------------

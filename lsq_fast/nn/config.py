@@ -24,6 +24,11 @@ class QuantConfig:
         weight_bits: the weight's bits (a signed grid).
         act_bits: the input's bits; None leaves the input in float (weight-only).
         per_channel_weights: one step per output channel instead of one per tensor.
+        weight_group_size: a step per this many consecutive input features of each output's
+            weight row (per-group, for LLM weights; QuantLinear only): "lsq" learns a step per
+            group (LSQ's init per group), "lsq+" a step and an offset per group (EfficientQAT's
+            asymmetric block-wise quantizer: LSQPlusQuantizer on the unsigned grid, min/max
+            init per group).
         act_signed: the input's grid: True, False or "auto" (signed if the first batch has a
             negative value).
         backend: the kernels' backend, as in :func:`lsq_fast.lsq_quantize`.
@@ -39,6 +44,7 @@ class QuantConfig:
     method: str = "lsq"
     round_grad: str = "ste"
     k: float = 5.0
+    weight_group_size: int | None = None
 
     def __post_init__(self):
         if self.method not in LAYER_METHODS:
@@ -58,6 +64,15 @@ class QuantConfig:
         if self.act_signed is True and not layer_method.signed_inputs:
             raise ValueError(f"lsq_fast: {layer_method.why_not_signed_inputs}: act_signed=True needs method "
                              f"{_having('signed_inputs')}")
+        if self.weight_group_size is not None:
+            if isinstance(self.weight_group_size, bool) or not isinstance(self.weight_group_size, int) \
+                    or self.weight_group_size < 1:
+                raise ValueError(f"lsq_fast: weight_group_size must be an int >= 1, got {self.weight_group_size!r}")
+            if self.per_channel_weights:
+                raise ValueError("lsq_fast: per_channel_weights and weight_group_size exclude each other")
+            if not layer_method.per_group:
+                raise ValueError(f"lsq_fast: {layer_method.why_not_per_group}: weight_group_size needs method "
+                                 f"{_having('per_group')}")
         check_backend(self.backend)
         qrange(self.weight_bits, True)
         if self.act_bits is not None:
@@ -77,11 +92,16 @@ class QuantConfig:
             raise TypeError(f"lsq_fast: config must be a QuantConfig, got {type(config).__name__}")
         return dataclasses.replace(config or cls(), **options)
 
-    def quantizers(self, out_channels: int, device=None) -> tuple[LearnedQuantizer, LearnedQuantizer | None]:
-        """(weight quantizer, input quantizer or None) for a layer with `out_channels` outputs."""
+    def quantizers(self, weight_shape, device=None) -> tuple[LearnedQuantizer, LearnedQuantizer | None]:
+        """(weight quantizer, input quantizer or None) for a layer whose weight has `weight_shape`
+        (outputs first)."""
         layer_method = LAYER_METHODS[self.method]
-        per_channel = dict(channel_axis=0, num_channels=out_channels) if self.per_channel_weights else {}
-        weight = layer_method.weight(self, dict(backend=self.backend, device=device, **per_channel))
+        per_step = {}
+        if self.per_channel_weights:
+            per_step = dict(channel_axis=0, num_channels=weight_shape[0])
+        elif self.weight_group_size is not None:
+            per_step = dict(group_size=self.weight_group_size, shape=tuple(weight_shape))
+        weight = layer_method.weight(self, dict(backend=self.backend, device=device, **per_step))
         inputs = None if self.act_bits is None else layer_method.input(self, dict(backend=self.backend, device=device))
         return weight, inputs
 
@@ -93,16 +113,18 @@ def _lsq_options(config: QuantConfig) -> dict:
 @dataclass(frozen=True)
 class LayerMethod:
     """What a method puts on a layer: `weight(config, options)` and `input(config, options)`
-    build its quantizers (options: backend, device, and the per-channel arguments for
-    weights), the options it supports, and the summary's description."""
+    build its quantizers (options: backend, device, and the per-channel or per-group arguments
+    for weights), the options it supports, and the summary's description."""
 
     weight: Callable[[QuantConfig, dict], LearnedQuantizer]
     input: Callable[[QuantConfig, dict], LearnedQuantizer]
     description: str
     soft_round: bool = False
     per_channel: bool = True
+    per_group: bool = True
     signed_inputs: bool = True
     why_not_per_channel: str = ""
+    why_not_per_group: str = ""
     why_not_signed_inputs: str = ""
 
 
@@ -114,9 +136,13 @@ LAYER_METHODS: dict[str, LayerMethod] = {
         soft_round=True,
     ),
     "lsq+": LayerMethod(
-        weight=lambda c, o: LSQQuantizer(c.weight_bits, True, role="weight", init="lsq+", **o),
+        weight=lambda c, o: (
+            LSQPlusQuantizer(c.weight_bits, False, role="weight", **o) if c.weight_group_size is not None
+            else LSQQuantizer(c.weight_bits, True, role="weight", init="lsq+", **o)
+        ),
         input=lambda c, o: LSQPlusQuantizer(c.act_bits, c.act_signed is True, **o),
-        description="weights: LSQ with LSQ+'s 3-sigma init, no offset; inputs: LSQ+, a learned step and offset",
+        description="weights: LSQ with LSQ+'s 3-sigma init, no offset (per-group: LSQ+, a step and an offset per "
+        "group); inputs: LSQ+, a learned step and offset",
     ),
     "qil": LayerMethod(
         weight=lambda c, o: QILQuantizer(c.weight_bits, "weight", **o),
@@ -124,8 +150,10 @@ LAYER_METHODS: dict[str, LayerMethod] = {
         description="QIL, a learned interval, on weights and inputs; "
         "the layers see weights in [-1, 1], inputs in [0, 1]",
         per_channel=False,
+        per_group=False,
         signed_inputs=False,
         why_not_per_channel="QIL learns one interval per layer",
+        why_not_per_group="QIL learns one interval per layer",
         why_not_signed_inputs="QIL's activation quantizer is unsigned (it maps [0, max x] to [0, 1])",
     ),
 }

@@ -33,9 +33,22 @@ class QuantizedLayer:
     weight_quantizer: LearnedQuantizer
     input_quantizer: LearnedQuantizer | None
 
+    # Whether the weight's last axis is one of inputs a group of steps can run along (QuantLinear)
+    WEIGHT_GROUPS = False
+
     def _add_quantizers(self, config: QuantConfig, device) -> None:
+        if config.weight_group_size is not None and not self.WEIGHT_GROUPS:
+            raise ValueError(
+                f"lsq_fast: weight_group_size is for QuantLinear (groups of input features); a {type(self).__name__}'s "
+                "weight takes per-tensor or per-channel steps"
+            )
+        if config.weight_group_size is not None and self.weight.shape[-1] % config.weight_group_size:
+            raise ValueError(
+                f"lsq_fast: weight_group_size {config.weight_group_size} does not divide this "
+                f"{type(self).__name__}'s {self.weight.shape[-1]} input features"
+            )
         self.config = config
-        self.weight_quantizer, self.input_quantizer = config.quantizers(self.weight.shape[0], device)
+        self.weight_quantizer, self.input_quantizer = config.quantizers(self.weight.shape, device)
 
     @property
     def method(self) -> str:
@@ -131,9 +144,11 @@ class QuantConv2d(QuantizedLayer, nn.Conv2d):
 
 class QuantLinear(QuantizedLayer, nn.Linear):
     """nn.Linear that fake-quantizes its weight and its input with LSQ (or LSQ+, or QIL);
-    arguments as QuantConv2d's."""
+    arguments as QuantConv2d's, and weight_group_size: a step (and for "lsq+" an offset) per
+    that many consecutive input features of each output's row, for LLM weights."""
 
     FLOAT_TYPE = nn.Linear
+    WEIGHT_GROUPS = True
 
     def __init__(
         self,

@@ -7,11 +7,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.args import check_grad_scale, check_op_args, qrange
+from ..ops.args import check_grad_scale, qrange
 from ..ops.lsq_plus import lsq_plus_quantize
 from . import distributed
 from .quantizer import (
-    LearnedQuantizer, channel_shape, check_common_args, grad_scale_over_ranks, preview, reduce_dims, usable,
+    LearnedQuantizer, check_common_args, grad_scale_over_ranks, granularity, preview, reduce_dims, statistics_view,
+    step_shape, usable,
 )
 
 LSQ_PLUS_INITS = ("minmax", "mse")
@@ -34,6 +35,9 @@ class LSQPlusQuantizer(LearnedQuantizer):
         role: "activation" (the batch is split across data-parallel ranks) or "weight".
         min_step: the floor the step is clamped to after every torch.optim step.
         init: "minmax" or "mse", see below.
+        group_size, shape: a step and an offset per group_size consecutive elements of a
+            weight's last axis (EfficientQAT's block-wise quantizer); shape is the weight's, as
+            in :class:`LSQQuantizer`. role="weight", init="minmax" (per group) only.
         init_batches: how many training batches the initialisation looks at (>= 1).
         backend: as in :func:`lsq_fast.lsq_plus_quantize`.
         device: where the parameters live.
@@ -93,29 +97,35 @@ class LSQPlusQuantizer(LearnedQuantizer):
         min_step: float = 1e-8,
         init: str = "minmax",
         init_batches: int = 1,
+        group_size: int | None = None,
+        shape: tuple[int, ...] | None = None,
         backend: str = "auto",
         device: torch.device | str | None = None,
     ):
         if not isinstance(signed, bool):
             raise ValueError(f"lsq_fast: an LSQ+ quantizer's signed must be True or False, got {signed!r}")
         check_common_args((bits, signed), role, backend, min_step=min_step)
-        shape = channel_shape(channel_axis, num_channels)
+        steps = step_shape(channel_axis, num_channels, group_size, shape, role)
         if init not in LSQ_PLUS_INITS:
             raise ValueError(f"lsq_fast: init must be one of {', '.join(LSQ_PLUS_INITS)}, got {init!r}")
+        if group_size is not None and init != "minmax":
+            raise ValueError("lsq_fast: a per-group LSQ+ quantizer initialises by min/max per group (init='minmax'), "
+                             f"as EfficientQAT does; got init={init!r}")
         if isinstance(init_batches, bool) or not isinstance(init_batches, int) or init_batches < 1:
             raise ValueError(f"lsq_fast: init_batches must be an int >= 1, got {init_batches!r}")
         super().__init__(device)
         self.bits = bits
         self.signed = signed
         self.channel_axis = channel_axis
+        self.group_size = group_size
         self.grad_scale = check_grad_scale(grad_scale)
         self.role = role
         self.min_step = float(min_step)
         self.init = init
         self.init_batches = init_batches
         self.backend = backend
-        self.step = nn.Parameter(torch.ones(shape, dtype=torch.float32, device=device))
-        self.offset = nn.Parameter(torch.zeros(shape, dtype=torch.float32, device=device))
+        self.step = nn.Parameter(torch.ones(steps, dtype=torch.float32, device=device))
+        self.offset = nn.Parameter(torch.zeros(steps, dtype=torch.float32, device=device))
         self._clear_observations()
 
     def _clear_observations(self) -> None:
@@ -144,6 +154,7 @@ class LSQPlusQuantizer(LearnedQuantizer):
             signed=self.signed,
             channel_axis=self.channel_axis,
             grad_scale=grad_scale_over_ranks(x, self.grad_scale, self.role, self.channel_axis, self._qrange()[1]),
+            group_size=self.group_size,
             backend=self.backend,
         )
 
@@ -154,12 +165,11 @@ class LSQPlusQuantizer(LearnedQuantizer):
         """One initialisation batch: updates the global min/max (and for "mse" keeps this rank's
         sample), writes the min/max estimate into step and offset; at the last batch of
         init_batches, the final choice (see the class docstring)."""
-        axis = check_op_args(x, self.step, *self._qrange(), self.channel_axis)  # the op's messages
+        v, axis = statistics_view(x, self.step, *self._qrange(), self.channel_axis, self.group_size)
         if self._initialized:  # called again by hand: a fresh initialisation, over init_batches batches
             self._clear_observations()
             self.initialized.fill_(False)
             self._initialized = False
-        v = x.detach()
         channels = self.step.numel()
         if v.numel():
             dims = reduce_dims(v, axis)
@@ -177,8 +187,8 @@ class LSQPlusQuantizer(LearnedQuantizer):
         step, offset = self._minmax_estimate()
         if self._batches_seen == self.init_batches and self.init == "mse":
             step, offset = self._mse_search(step)
-        distributed.assign_(self.step, step)
-        distributed.assign_(self.offset, offset)
+        distributed.assign_(self.step, step.reshape(self.step.shape))
+        distributed.assign_(self.offset, offset.reshape(self.offset.shape))
         if self._batches_seen == self.init_batches:
             self._clear_observations()
             self._mark_initialized()
@@ -239,11 +249,10 @@ class LSQPlusQuantizer(LearnedQuantizer):
         self._clear_observations()  # a checkpoint saved mid-initialisation starts it again
 
     def extra_repr(self) -> str:
-        where = "per-tensor" if self.channel_axis is None else f"per-channel (axis {self.channel_axis}, {self.step.numel()})"
         parts = [
             f"bits={self.bits}",
             f"signed={self.signed}",
-            where,
+            granularity(self),
             f"step={preview(self.step)}",
             f"offset={preview(self.offset)}",
             f"init={self.init}" + (f" ({self.init_batches} batches)" if self.init_batches > 1 else ""),

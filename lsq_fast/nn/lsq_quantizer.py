@@ -8,11 +8,12 @@ import math
 import torch
 from torch import nn
 
-from ..ops.args import check_grad_scale, check_op_args, qrange, soft_round_sharpness
+from ..ops.args import check_grad_scale, qrange, soft_round_sharpness
 from ..ops.lsq import lsq_quantize
 from . import distributed
 from .quantizer import (
-    LearnedQuantizer, channel_shape, check_common_args, grad_scale_over_ranks, preview, reduce_dims, usable,
+    LearnedQuantizer, check_common_args, grad_scale_over_ranks, granularity, preview, reduce_dims, statistics_view,
+    step_shape, usable,
 )
 
 LSQ_INITS = ("lsq", "lsq+")
@@ -37,6 +38,10 @@ class LSQQuantizer(LearnedQuantizer):
             ``k``, as this project reads the LG-LSQ abstract; see :func:`lsq_fast.lsq_quantize`).
             The forward pass is the same.
         k: the soft round's sharpness (> 0), for round_grad="arctan".
+        group_size, shape: per-group steps for a weight (LLM weights): a step per group_size
+            consecutive elements of the weight's last axis; shape is the weight's shape, and the
+            step's is shape[:-1] + [shape[-1] / group_size] (see :func:`lsq_fast.lsq_quantize`).
+            Not with channel_axis; role="weight" only.
         init: "lsq" (the LSQ paper's ``2 * mean|x| / sqrt(qmax)``) or "lsq+" (LSQ+'s weight
             initialisation ``max(|mu - 3 sigma|, |mu + 3 sigma|) / 2^(b-1)``, mu and sigma the
             mean and standard deviation of x; for a signed quantizer only).
@@ -45,7 +50,7 @@ class LSQQuantizer(LearnedQuantizer):
 
     The step is a float32 Parameter whatever the model's dtype (``model.half()`` leaves it
     float32). Its first forward in training mode sets it from that batch as ``init`` says (per
-    channel when per-channel), with the statistics (sums of x, of |x| or of x^2, and counts)
+    channel or group), with the statistics (sums of x, of |x| or of x^2, and counts)
     summed over the ranks of torch.distributed in one collective, so that every rank starts
     from the same step. A channel whose statistic gives 0 takes the tensor's step; an all-zero
     tensor takes 1.0. The ``initialized`` buffer records that this happened, so a loaded
@@ -72,6 +77,8 @@ class LSQQuantizer(LearnedQuantizer):
         round_grad: str = "ste",
         k: float = 5.0,
         init: str = "lsq",
+        group_size: int | None = None,
+        shape: tuple[int, ...] | None = None,
         backend: str = "auto",
         device: torch.device | str | None = None,
     ):
@@ -79,7 +86,7 @@ class LSQQuantizer(LearnedQuantizer):
             raise ValueError(f"lsq_fast: signed must be True, False or 'auto', got {signed!r}")
         # "auto" admits 1 bit; a signed decision checks again
         check_common_args((bits, signed is True), role, backend, min_step=min_step)
-        shape = channel_shape(channel_axis, num_channels)
+        steps = step_shape(channel_axis, num_channels, group_size, shape, role)
         soft_round_sharpness(round_grad, k)  # the op's checks and messages, now rather than at the first forward
         if init not in LSQ_INITS:
             raise ValueError(f"lsq_fast: init must be one of {', '.join(LSQ_INITS)}, got {init!r}")
@@ -91,6 +98,7 @@ class LSQQuantizer(LearnedQuantizer):
         self.bits = bits
         self.signed_mode = signed
         self.channel_axis = channel_axis
+        self.group_size = group_size
         self.grad_scale = check_grad_scale(grad_scale)
         self.role = role
         self.min_step = float(min_step)
@@ -98,7 +106,7 @@ class LSQQuantizer(LearnedQuantizer):
         self.k = float(k)
         self.init = init
         self.backend = backend
-        self.step = nn.Parameter(torch.ones(shape, dtype=torch.float32, device=device))
+        self.step = nn.Parameter(torch.ones(steps, dtype=torch.float32, device=device))
         # Host-side copy of what the forward branches on, so that it never reads the device.
         self._signed = None if signed == "auto" else signed
 
@@ -121,14 +129,14 @@ class LSQQuantizer(LearnedQuantizer):
             grad_scale=self._grad_scale(x),
             round_grad=self.round_grad,
             k=self.k,
+            group_size=self.group_size,
             backend=self.backend,
         )
 
     def _initialize(self, x: torch.Tensor) -> None:
         """Sets the step from x as `init` says (see the class docstring), summing the statistics
         over torch.distributed ranks; decides the sign of "auto"."""
-        axis = check_op_args(x, self.step, *qrange(self.bits, False), self.channel_axis)  # the op's messages
-        v = x.detach()
+        v, axis = statistics_view(x, self.step, *qrange(self.bits, False), self.channel_axis, self.group_size)
         dims = reduce_dims(v, axis)
         if self.init == "lsq":
             sums = [v.abs().sum(dim=dims, dtype=torch.float64).reshape(-1)]
@@ -151,7 +159,7 @@ class LSQQuantizer(LearnedQuantizer):
             levels = 2.0 ** (self.bits - 1)
             tensor_step = usable(_three_sigma(sums.sum(dim=1), numel) / levels, torch.ones_like(numel))
             channel_step = usable(_three_sigma(sums, numel / channels) / levels, tensor_step)
-        distributed.assign_(self.step, channel_step.clamp_min(self.min_step))
+        distributed.assign_(self.step, channel_step.clamp_min(self.min_step).reshape(self.step.shape))
         self._signed = signed
         self._mark_initialized()
 
@@ -175,8 +183,7 @@ class LSQQuantizer(LearnedQuantizer):
     def extra_repr(self) -> str:
         decided = "undecided" if self._signed is None else self._signed
         signed = self.signed_mode if self.signed_mode != "auto" else f"auto ({decided})"
-        where = "per-tensor" if self.channel_axis is None else f"per-channel (axis {self.channel_axis}, {self.step.numel()})"
-        parts = [f"bits={self.bits}", f"signed={signed}", where, f"step={preview(self.step)}"]
+        parts = [f"bits={self.bits}", f"signed={signed}", granularity(self), f"step={preview(self.step)}"]
         if not self._initialized:
             parts.append("uninitialised")
         if self.role != "activation":

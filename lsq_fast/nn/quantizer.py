@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from ..ops.args import grad_scale_for_qmax, numel_per_step, qrange
+from ..ops.args import check_group_size, check_op_args, grad_scale_for_qmax, numel_per_step, qrange
 from ..ops.backends import check_backend
 from . import distributed
 from .positive import keep_positive
@@ -223,6 +223,50 @@ def channel_shape(channel_axis: int | None, num_channels: int | None) -> tuple[i
     if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
         raise ValueError(f"lsq_fast: a per-channel quantizer needs num_channels >= 1, got {num_channels!r}")
     return (num_channels,)
+
+
+def step_shape(channel_axis: int | None, num_channels: int | None, group_size: int | None, shape, role: str):
+    """The shape of a per-tensor, per-channel or per-group parameter, checked. Per-group
+    (weights only: an activation's groups would change with its batch) takes `shape`, the
+    quantized tensor's, and gives shape[:-1] + [shape[-1] / group_size]."""
+    if group_size is None:
+        if shape is not None:
+            raise ValueError("lsq_fast: shape is for per-group quantizers; set group_size too")
+        return channel_shape(channel_axis, num_channels)
+    if channel_axis is not None or num_channels is not None:
+        raise ValueError("lsq_fast: pass group_size or channel_axis, not both: groups run along the last axis")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"lsq_fast: group_size must be an int >= 1, got {group_size!r}")
+    if role != "weight":
+        raise ValueError("lsq_fast: per-group steps are for weights (role='weight'): an activation's groups "
+                         "would change with its batch")
+    if not isinstance(shape, (tuple, list, torch.Size)) or not shape or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ValueError(f"lsq_fast: a per-group quantizer needs shape, the weight's shape, got {shape!r}")
+    if shape[-1] % group_size:
+        raise ValueError(f"lsq_fast: group_size {group_size} does not divide the last dimension of shape {list(shape)}")
+    return (*shape[:-1], shape[-1] // group_size)
+
+
+def statistics_view(x: torch.Tensor, param: torch.Tensor, qmin: int, qmax: int, channel_axis: int | None,
+                    group_size: int | None) -> tuple[torch.Tensor, int | None]:
+    """(x detached, the axis its per-step statistics keep), checked with the op's messages: x
+    itself per-tensor or per-channel, its rows of one group (axis 0) per-group."""
+    if group_size is None:
+        return x.detach(), check_op_args(x, param, qmin, qmax, channel_axis)
+    check_group_size(x, param, group_size, channel_axis)
+    rows = x.detach().reshape(-1, group_size)
+    check_op_args(rows, torch.empty(rows.shape[0], device=rows.device), qmin, qmax, 0)  # x's dtype and device
+    return rows, 0
+
+
+def granularity(q) -> str:
+    """The repr's word for a quantizer's steps: per-tensor, per-channel or per-group."""
+    if getattr(q, "group_size", None) is not None:
+        return f"per-group ({q.group_size} elements, steps {list(q.step.shape)})"
+    if q.channel_axis is None:
+        return "per-tensor"
+    return f"per-channel (axis {q.channel_axis}, {q.step.numel()})"
 
 
 def reduce_dims(v: torch.Tensor, axis: int | None) -> list[int]:
