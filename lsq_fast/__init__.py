@@ -12,7 +12,8 @@ import sys
 from . import ops  # noqa: I001  (first: loads the compiled ops the rest dispatch to)
 from . import reference
 from .nn import (
-    LSQPlusQuantizer, LSQQuantizer, QILQuantizer, QuantConfig, QuantConv2d, QuantLinear, fully_shard_quantizers,
+    LSQPlusQuantizer, LSQQuantizer, QILQuantizer, QuantConfig, QuantConv2d, QuantEmbedding, QuantLinear,
+    fully_shard_quantizers,
 )
 from .ops import (
     available_backends, cpu_isa, default_grad_scale, lsq_plus_quantize, lsq_quantize, qil_quantize_activation,
@@ -33,6 +34,7 @@ __all__ = [
     "QILQuantizer",
     "QuantConv2d",
     "QuantLinear",
+    "QuantEmbedding",
     "QuantConfig",
     "quantize_model",
     "fully_shard_quantizers",

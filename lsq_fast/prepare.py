@@ -10,17 +10,17 @@ from typing import Iterable
 from torch import nn
 
 from .nn.config import LAYER_METHODS, QuantConfig
-from .nn.layers import QuantConv2d, QuantizedLayer, QuantLinear
+from .nn.layers import QuantConv2d, QuantEmbedding, QuantizedLayer, QuantLinear
 
 # Exact types only: a subclass of Conv2d or Linear may have its own forward (or, like
 # MultiheadAttention's out_proj, be read by its parent through .weight), which a swap would lose.
-_QUANTIZED_TYPE = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+_QUANTIZED_TYPE = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear, nn.Embedding: QuantEmbedding}
 
 
 @dataclass(frozen=True)
 class LayerSummary:
     name: str
-    kind: str  # "Conv2d" or "Linear"
+    kind: str  # "Conv2d", "Linear" or "Embedding"
     weight_bits: int | None  # None: left in float (skipped)
     act_bits: int | None
     per_channel_weights: bool
@@ -89,6 +89,7 @@ def quantize_model(
     round_grad: str = "ste",
     k: float = 5.0,
     weight_group_size: int | None = None,
+    quantize_embeddings: bool = False,
 ) -> QuantizationSummary:
     """Replaces, in place, every nn.Conv2d and nn.Linear of `model` by QuantConv2d/QuantLinear.
 
@@ -118,7 +119,13 @@ def quantize_model(
 
     `weight_group_size`: per-group weight steps for Linear layers (LLM QAT; see
     :class:`lsq_fast.QuantConfig`), usually with act_bits=None (weight-only) and
-    first_last_bits=None.
+    first_last_bits=None. `quantize_embeddings`: nn.Embedding layers too (QuantEmbedding,
+    weight-only; they count among the layers, the first and last included). Tied weights (an
+    embedding's table shared with the output head) get one weight quantizer, shared by both
+    layers: the weight is quantized once and the same way in both; a tie between a layer
+    that is quantized and one that is not (skipped, or an embedding without
+    quantize_embeddings) is a ValueError, rather than a weight that is quantized in one use
+    and float in the other.
 
     per_channel_weights=True with method "qil", act_signed=True with "qil", round_grad other
     than "ste" with a method other than "lsq", and weight_group_size with "qil", with a Conv2d
@@ -141,7 +148,8 @@ def quantize_model(
     if already:
         first = model.get_submodule(already[0])
         raise ValueError(f"lsq_fast: the model is already quantized ({already[0]} is a {type(first).__name__})")
-    names = [name for name, m in model.named_modules() if type(m) in _QUANTIZED_TYPE]
+    kinds = _QUANTIZED_TYPE if quantize_embeddings else {t: q for t, q in _QUANTIZED_TYPE.items() if t is not nn.Embedding}
+    names = [name for name, m in model.named_modules() if type(m) in kinds]
     if not names:
         raise ValueError("lsq_fast: the model has no nn.Conv2d or nn.Linear layer to quantize")
     skip = {skip} if isinstance(skip, str) else set(skip)
@@ -170,6 +178,8 @@ def quantize_model(
         rows.append(LayerSummary(name, kind, layer_config.weight_bits, layer_config.act_bits, per_channel_weights,
                                  edges.get(name, ""), method, weight_group_size))
 
+    _share_tied_weight_quantizers(model, names, skip, replacements)
+
     # Every place a layer appears: a module shared by two parents is replaced in both.
     places = [
         (parent, child_name, replacements[id(child)])
@@ -189,3 +199,34 @@ def _bits(bits: int | None) -> str:
 def _abbreviate(names: list[str], keep: int = 8) -> str:
     shown = ", ".join(names[:keep])
     return shown + (f", ... ({len(names)} in all)" if len(names) > keep else "")
+
+
+def _share_tied_weight_quantizers(model: nn.Module, names: list[str], skip: set, replacements: dict) -> None:
+    """One weight quantizer for a weight that several quantized layers share (tied weights: an
+    embedding and the output head): the first layer's, given to the others. A weight shared by
+    a quantized layer and one left float is an error (see quantize_model)."""
+    holders: dict[int, list[str]] = {}
+    for name, m in model.named_modules():
+        if type(m) in _QUANTIZED_TYPE and isinstance(getattr(m, "weight", None), nn.Parameter):
+            holders.setdefault(id(m.weight), []).append(name)
+    quantized = {name for name in names if name not in skip}
+    for tied in holders.values():
+        tied = list(dict.fromkeys(tied))  # a module shared by two parents is one layer
+        if len(tied) < 2 or not quantized.intersection(tied):
+            continue
+        float_ones = [name for name in tied if name not in quantized]
+        if float_ones:
+            raise ValueError(
+                f"lsq_fast: {', '.join(tied)} share one weight (tied weights), but {', '.join(float_ones)} would stay "
+                "float: quantize every layer that uses it (quantize_embeddings=True for an embedding) or none of "
+                "them (skip=)"
+            )
+        layers = [replacements[id(model.get_submodule(name))] for name in tied]
+        configs = {layer.config for layer in layers}
+        if len({(c.weight_bits, c.per_channel_weights, c.weight_group_size, c.method) for c in configs}) > 1:
+            raise ValueError(
+                f"lsq_fast: {', '.join(tied)} share one weight (tied weights) but would quantize it differently "
+                "(the first or last layer's bits?): pass first_last_bits=None, or skip them"
+            )
+        for layer in layers[1:]:
+            layer.weight_quantizer = layers[0].weight_quantizer

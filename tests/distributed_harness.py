@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import lsq_fast
 from lsq_oracle import Bound, QuantizerTaps, assert_quantizer_grads_within
-from tiny_models import METHODS, small_cnn, small_mlp, toy_task
+from tiny_models import METHODS, TinyLlama, small_cnn, small_mlp, token_task, toy_task
 
 WORLD = 2
 STEPS = 3
@@ -62,20 +62,26 @@ def _rank_main(rank: int, fn, tmp: str, args: tuple) -> None:
 
 
 def batches(seed: int, model: str = "cnn"):
-    """STEPS batches: the CNN's of 8 images, the MLP's of 16 vectors."""
+    """STEPS batches: the CNN's of 8 images, the MLP's of 16 vectors, the transformer's of 8
+    token sequences."""
     generator = torch.Generator().manual_seed(seed)
     if model == "cnn":
         return [toy_task(8, generator=generator) for _ in range(STEPS)]
+    if model == "llama":
+        return [token_task(8, generator=generator) for _ in range(STEPS)]
     return [(torch.randn(16, 64, generator=generator), torch.randint(0, 10, (16,), generator=generator))
             for _ in range(STEPS)]
 
 
 def make_model(seed: int, model: str = "cnn", method: str = "lsq", per_channel: bool | int = False):
     """The float model (the same weights on every rank), quantized by quantize_model; an int
-    per_channel is a weight_group_size (the MLP: weight-only, as LLM QAT runs)."""
+    per_channel is a weight_group_size (weight-only, as LLM QAT runs; the transformer's
+    embedding too, tied to its head)."""
     torch.manual_seed(seed)
-    net = small_cnn() if model == "cnn" else small_mlp()
+    net = {"cnn": small_cnn, "mlp": small_mlp, "llama": TinyLlama}[model]()
     options = dict(METHODS[method])
+    if model == "llama":
+        options.update(quantize_embeddings=True)
     if per_channel is True or per_channel is False:
         lsq_fast.quantize_model(net, per_channel_weights=per_channel, **options)
     else:
@@ -85,15 +91,17 @@ def make_model(seed: int, model: str = "cnn", method: str = "lsq", per_channel: 
 
 
 def shard(net: torch.nn.Module, mp_policy=None) -> torch.nn.Module:
-    """The FSDP2 recipe: the quantizers their own units, then fully_shard on every layer and on
-    the root (with `mp_policy` where given)."""
+    """The FSDP2 recipe: the quantizers their own units, then fully_shard on every layer (the
+    transformer: on every block, its tied embedding and head left to the root) and on the root
+    (with `mp_policy` where given)."""
     from torch.distributed.fsdp import fully_shard
 
     lsq_fast.fully_shard_quantizers(net)
     policy = dict(mp_policy=mp_policy) if mp_policy is not None else {}
-    for layer in net.modules():
-        if isinstance(layer, (lsq_fast.QuantConv2d, lsq_fast.QuantLinear)):
-            fully_shard(layer, **policy)
+    units = net.blocks if isinstance(net, TinyLlama) else [
+        m for m in net.modules() if isinstance(m, (lsq_fast.QuantConv2d, lsq_fast.QuantLinear))]
+    for layer in units:
+        fully_shard(layer, **policy)
     fully_shard(net, **policy)
     return net
 
@@ -105,6 +113,11 @@ def optimizer_for(net: torch.nn.Module, method: str) -> torch.optim.Optimizer:
     rest = [p for p in net.parameters() if not any(p is q for q in interval)]
     groups = [dict(params=rest)] + ([dict(params=interval, lr=0.001)] if interval else [])
     return torch.optim.SGD(groups, lr=0.05, momentum=0.9)
+
+
+def loss_of(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of classes (B, C) or of next tokens (B, T, V)."""
+    return F.cross_entropy(logits.flatten(0, -2), labels.flatten())
 
 
 def whole_state(net: torch.nn.Module) -> dict:
@@ -155,16 +168,17 @@ def train(seed: int, rank: int = 0, world: int = 1, method: str = "lsq", follow:
         net = DistributedDataParallel(net) if parallel == "ddp" else shard(net)
     inner = net.module if isinstance(net, DistributedDataParallel) else net
     optimizer = optimizer_for(net, method)
-    taps = QuantizerTaps(inner)
+    taps = QuantizerTaps(inner, accumulate=True)  # a tied weight's quantizer runs twice a forward
     steps = []
     for t, (inputs, labels) in enumerate(batches(seed, model)):
         if follow and t > 0:
             load_whole_state(inner, follow["steps"][t]["state"])
         inputs, labels = inputs.chunk(world)[rank], labels.chunk(world)[rank]
         optimizer.zero_grad()
+        taps.clear()
         with warnings.catch_warnings():  # QIL on the image: its negative values clip to 0, as it says
             warnings.simplefilter("ignore", UserWarning)
-            F.cross_entropy(net(inputs), labels).backward()
+            loss_of(net(inputs), labels).backward()
         steps.append({
             "state": whole_state(inner),  # tensors, and the quantizers' extra state
             "grads": whole_grads(inner),

@@ -235,10 +235,13 @@ class QuantizerTaps:
     gradient reaching its output in the backward, then gives the contract's Bound of every
     quantizer parameter's gradient (by its name in the model). For eager models: the compiled
     or distributed twin is checked against the eager one's bounds, as both see the same inputs.
-    Use as a context manager; `clear()` between steps."""
+    Use as a context manager; `clear()` between steps. A quantizer's latest call is what counts;
+    with accumulate=True every call since the last clear() (a quantizer shared by two layers,
+    as tied weights share one, is called twice a forward, and its gradient sums both)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, accumulate: bool = False):
         self._records = {}
+        self._accumulate = accumulate
         self._handles = []
         for name, module in model.named_modules():
             if isinstance(module, (lsq_fast.LSQQuantizer, lsq_fast.LSQPlusQuantizer, lsq_fast.QILQuantizer)):
@@ -250,7 +253,10 @@ class QuantizerTaps:
             if x.dtype != y.dtype:  # autocast: the quantizer ran in y's dtype
                 x = x.to(y.dtype)
             entry = {"module": module, "x": x, "params": {k: p.detach().clone() for k, p in module.named_parameters()}}
-            self._records[name] = entry
+            if self._accumulate:
+                self._records.setdefault(name, []).append(entry)
+            else:
+                self._records[name] = [entry]
             if y.requires_grad:
                 y.register_hook(lambda g: entry.__setitem__("grad_y", g.detach()))
 
@@ -272,10 +278,12 @@ class QuantizerTaps:
 
     def bounds(self) -> dict[str, Bound]:
         out = {}
-        for name, r in self._records.items():
+        for name, calls in self._records.items():
             prefix = f"{name}." if name else ""
-            for param, b in _quantizer_bounds(r["module"], r["x"], r["params"], r["grad_y"]).items():
-                out[prefix + param] = b
+            for r in calls:  # the gradient of a quantizer called several times sums every call's terms
+                for param, b in _quantizer_bounds(r["module"], r["x"], r["params"], r["grad_y"]).items():
+                    seen = out.get(prefix + param)
+                    out[prefix + param] = b if seen is None else Bound(seen.exact + b.exact, seen.bound + b.bound)
         return out
 
 

@@ -424,10 +424,10 @@ def test_autocast_bfloat16_on_cpu(seed):
         (lambda: LSQQuantizer(4, True, 0, 4, role="weight", group_size=4, shape=(4, 12)), ValueError, "not both"),
         (lambda: LSQPlusQuantizer(4, role="weight", group_size=4, shape=(4, 12), init="mse"), ValueError,
          "min/max per group"),
-        (lambda: QuantLinear(12, 4, weight_group_size=5), ValueError, "does not divide this QuantLinear's 12"),
+        (lambda: QuantLinear(12, 4, weight_group_size=5), ValueError, r"does not divide the rows of this QuantLinear's weight \(12"),
         (lambda: QuantLinear(12, 4, weight_group_size=4, per_channel_weights=True), ValueError, "exclude each other"),
         (lambda: QuantLinear(12, 4, weight_group_size=4, method="qil"), ValueError, "weight_group_size needs method"),
-        (lambda: QuantConv2d(3, 4, 3, weight_group_size=3), ValueError, "weight_group_size is for QuantLinear"),
+        (lambda: QuantConv2d(3, 4, 3, weight_group_size=3), ValueError, "weight_group_size is for QuantLinear and"),
         (lambda: quantize_model(small_cnn(), weight_group_size=8), ValueError, r"layer '0'; nothing was changed"),
     ],
 )

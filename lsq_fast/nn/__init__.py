@@ -5,7 +5,7 @@
     lsq_plus_quantizer.py   LSQPlusQuantizer (a learned step and offset)
     qil_quantizer.py        QILQuantizer (a learned interval)
     config.py               QuantConfig, and the table of what each method puts on a layer
-    layers.py               QuantConv2d, QuantLinear
+    layers.py               QuantConv2d, QuantLinear, QuantEmbedding
     positive.py             the optimizer post-step clamp that keeps steps positive
     distributed.py          the data-parallel world, the all-reduces of the initial statistics, sharded writes
     fsdp.py                 fully_shard_quantizers: the quantizers under FSDP2
@@ -13,11 +13,11 @@
 
 from .config import QuantConfig
 from .fsdp import fully_shard_quantizers
-from .layers import QuantConv2d, QuantLinear
+from .layers import QuantConv2d, QuantEmbedding, QuantLinear
 from .lsq_plus_quantizer import LSQPlusQuantizer
 from .lsq_quantizer import LSQQuantizer
 from .qil_quantizer import QILQuantizer
 from .quantizer import LearnedQuantizer
 
-__all__ = ["QuantConfig", "QuantConv2d", "QuantLinear", "LSQQuantizer", "LSQPlusQuantizer", "QILQuantizer",
+__all__ = ["QuantConfig", "QuantConv2d", "QuantLinear", "QuantEmbedding", "LSQQuantizer", "LSQPlusQuantizer", "QILQuantizer",
            "LearnedQuantizer", "fully_shard_quantizers"]

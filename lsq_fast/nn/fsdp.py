@@ -10,8 +10,9 @@ quantizers would go wrong twice:
 - MixedPrecisionPolicy(param_dtype=torch.bfloat16) casts that copy, the steps included, and a
   bfloat16 step moves the grid: the contract's steps are float32.
 
-fully_shard_quantizers makes the quantizers FSDP units of their own: a QuantConv2d's or
-QuantLinear's two quantizers one unit, any other quantizer a unit alone. A unit's parameters and
+fully_shard_quantizers makes the quantizers FSDP units of their own: a quantized layer's two
+quantizers one unit, any other quantizer (a weight-only layer's, one that tied layers share, a
+quantizer outside a layer) a unit alone. A unit's parameters and
 gradient reduction are float32 whatever policy the layers get, and its inputs are left as they
 come (the layer has cast them already). A forward pre-hook does the initialisation while the
 parameters are still the sharded ones, before the unit's gather: on the layer, which FSDP2 has
@@ -65,9 +66,17 @@ def fully_shard_quantizers(module: nn.Module, *, mesh=None, reshard_after_forwar
             q._initializes_on_shards = True
 
     layers = [m for m in module.modules() if isinstance(m, QuantizedLayer)]
+    uses: dict[LearnedQuantizer, int] = {}
+    for layer in layers:
+        for q in (layer.input_quantizer, layer.weight_quantizer):
+            if q is not None:
+                uses[q] = uses.get(q, 0) + 1
     in_layers = set()
     for layer in layers:
-        quantizers = [q for q in (layer.input_quantizer, layer.weight_quantizer) if q is not None]
+        # a quantizer several layers share (a tied weight's) is a unit alone, below
+        quantizers = [q for q in (layer.input_quantizer, layer.weight_quantizer) if q is not None and uses[q] == 1]
+        if len(quantizers) < 2 or layer.input_quantizer is None:
+            continue
         shard(quantizers)
         layer.register_forward_pre_hook(_initialize_layer_on_shards)  # after the layer's own FSDP2 gather
         in_layers.update(quantizers)
@@ -93,12 +102,12 @@ def _initialize_on_shards(q: LearnedQuantizer, args: tuple) -> None:
 
 
 def _initialize_layer_on_shards(layer: nn.Module, args: tuple) -> None:
-    """The layer's quantizers from its input and its weight, as its forward will give them."""
+    """The layer's two quantizers from its input and its weight, as its forward will give them."""
     inputs, weights = layer.input_quantizer, layer.weight_quantizer
-    if weights._initialized and (inputs is None or inputs._initialized):
+    if weights._initialized and inputs._initialized:
         return
     _to_shards(weights)  # the unit: both quantizers
-    if inputs is not None and not inputs._initialized:
+    if not inputs._initialized:
         inputs._first_batch(inputs._autocast_input(args[0]))
     if not weights._initialized:
         weights._first_batch(weights._autocast_input(layer.weight))

@@ -1,7 +1,10 @@
 """QuantConv2d and QuantLinear: the torch layers with a learned quantizer on their weight and
-input activation, as a QuantConfig says: LSQ (the default), LSQ+ or QIL."""
+input activation, as a QuantConfig says: LSQ (the default), LSQ+ or QIL; and QuantEmbedding,
+weight-only (its input is indices)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -33,19 +36,19 @@ class QuantizedLayer:
     weight_quantizer: LearnedQuantizer
     input_quantizer: LearnedQuantizer | None
 
-    # Whether the weight's last axis is one of inputs a group of steps can run along (QuantLinear)
+    # Whether groups of steps can run along the weight's rows (QuantLinear, QuantEmbedding)
     WEIGHT_GROUPS = False
 
     def _add_quantizers(self, config: QuantConfig, device) -> None:
         if config.weight_group_size is not None and not self.WEIGHT_GROUPS:
             raise ValueError(
-                f"lsq_fast: weight_group_size is for QuantLinear (groups of input features); a {type(self).__name__}'s "
-                "weight takes per-tensor or per-channel steps"
+                f"lsq_fast: weight_group_size is for QuantLinear and QuantEmbedding (groups along the weight's rows); "
+                f"a {type(self).__name__}'s weight takes per-tensor or per-channel steps"
             )
         if config.weight_group_size is not None and self.weight.shape[-1] % config.weight_group_size:
             raise ValueError(
-                f"lsq_fast: weight_group_size {config.weight_group_size} does not divide this "
-                f"{type(self).__name__}'s {self.weight.shape[-1]} input features"
+                f"lsq_fast: weight_group_size {config.weight_group_size} does not divide the rows of this "
+                f"{type(self).__name__}'s weight ({self.weight.shape[-1]} elements)"
             )
         self.config = config
         self.weight_quantizer, self.input_quantizer = config.quantizers(self.weight.shape, device)
@@ -77,7 +80,9 @@ class QuantizedLayer:
             dtype=layer.weight.dtype,
             config=QuantConfig.of(config, options),
         )
-        quantized.weight, quantized.bias = layer.weight, layer.bias
+        quantized.weight = layer.weight
+        if hasattr(layer, "bias"):
+            quantized.bias = layer.bias
         for quantizer in (quantized.weight_quantizer, quantized.input_quantizer):
             if quantizer is not None:
                 quantizer.reset_parameters()
@@ -170,3 +175,47 @@ class QuantLinear(QuantizedLayer, nn.Linear):
     @staticmethod
     def _float_config(layer: nn.Linear) -> dict:
         return dict(in_features=layer.in_features, out_features=layer.out_features, bias=layer.bias is not None)
+
+
+class QuantEmbedding(QuantizedLayer, nn.Embedding):
+    """nn.Embedding whose table is fake-quantized: weight-only (its input is indices, so the
+    config's act_bits is not used), with a step per tensor, per row (per_channel_weights) or
+    per group of weight_group_size features of each row (LLM embeddings). Takes nn.Embedding's
+    arguments, then a QuantConfig and/or its fields as QuantConv2d does; max_norm (which
+    renormalises the table in place) and sparse gradients are not supported."""
+
+    FLOAT_TYPE = nn.Embedding
+    WEIGHT_GROUPS = True
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        _weight: torch.Tensor | None = None,
+        _freeze: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        config: QuantConfig | None = None,
+        **options,
+    ):
+        if max_norm is not None or sparse:
+            raise ValueError("lsq_fast: QuantEmbedding supports neither max_norm (it renormalises the table in place) "
+                             "nor sparse gradients")
+        super().__init__(num_embeddings, embedding_dim, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
+                         _weight, _freeze, device, dtype)
+        self._add_quantizers(dataclasses.replace(QuantConfig.of(config, options), act_bits=None), device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.embedding(x, self.quantized_weight(), self.padding_idx, None, self.norm_type, self.scale_grad_by_freq)
+
+    @staticmethod
+    def _float_config(layer: nn.Embedding) -> dict:
+        return dict(num_embeddings=layer.num_embeddings, embedding_dim=layer.embedding_dim,
+                    padding_idx=layer.padding_idx, max_norm=layer.max_norm, norm_type=layer.norm_type,
+                    scale_grad_by_freq=layer.scale_grad_by_freq, sparse=layer.sparse)
