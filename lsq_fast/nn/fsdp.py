@@ -39,12 +39,13 @@ from .quantizer import LearnedQuantizer
 
 
 def fully_shard_quantizers(module: nn.Module, *, mesh=None, reshard_after_forward: bool = False) -> nn.Module:
-    """Makes the quantizers inside `module` FSDP2 units of their own, one per quantized layer
-    (see the module docstring). Call it on every rank, after quantize_model and before
-    fully_shard on the layers and the root; `mesh` as fully_shard takes it. By default a unit
-    stays gathered from its forward to the end of the backward (a few floats per layer): two
-    collectives per layer and step, where resharding after the forward
-    (reshard_after_forward=True) gathers it again for the backward, three. Returns `module`."""
+    """Makes the quantizers inside `module` FSDP2 units of their own: a quantized layer's pair
+    one unit, every other quantizer a unit alone (see the module docstring). Call it on every
+    rank, after quantize_model and before fully_shard on the layers and the root; `mesh` as
+    fully_shard takes it. By default a unit stays gathered from its forward to the end of the
+    backward (a few floats per layer): two collectives per unit and step, where resharding
+    after the forward (reshard_after_forward=True) gathers it again for the backward, three.
+    Returns `module`."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     from .layers import QuantizedLayer
