@@ -481,14 +481,18 @@ def main(argv=None) -> int:
     for suite in [suite for suite, cases in plan.items() if not cases]:
         print(f"note: no tensor of the {suite} suite is left by --cases and --max-size")
         del plan[suite]
-    progress = Progress(sum(len(cases) for cases in plan.values()) * len(args.dtype) * len(quantizers))
+    progress = Progress(len(args.dtype) * sum(
+        c.group_size is None or QUANTIZERS[q].groups for cases in plan.values() for c in cases for q in quantizers))
     for suite, cases in plan.items():
         for quantizer, dtype_name in itertools.product(quantizers, args.dtype):
             # Providers that do not exist for this quantizer here (a pinned backend the device or
             # the quantizer lacks, torch_learnable beside QIL) are not rows of "n/a": left out.
             q_providers = [p for p in providers if applies(p, QUANTIZERS[quantizer], device)]
+            q_cases = [c for c in cases if c.group_size is None or QUANTIZERS[quantizer].groups]
+            if not q_cases:  # per-group tensors, a quantizer without groups (QIL)
+                continue
             ceilings, copy_other_cpu, rows = {}, {}, []
-            for case in cases:
+            for case in q_cases:
                 progress.show(f"{suite} {quantizer} {dtype_name} {case.name}")
                 key = (case.name, case.shape, dtype_name)
                 case_rows, ceilings[case.name], copy_other_cpu[case.name] = bench_case(

@@ -7,6 +7,9 @@
               each conv and of the fc layer (per-tensor; unsigned after a ReLU, signed 8-bit for
               the image) and each weight (per output channel; 8-bit for the first and last
               layer, as in the LSQ paper). `count` says how often the tensor occurs per step.
+    llm       the Linear weights of a Llama-3-8B block (q/o 4096x4096, k/v 1024x4096, gate/up
+              14336x4096, down 4096x14336), 4-bit, a step per group of 128 inputs; and groups of
+              32 and 64 on 4096x4096 (weight-only LLM QAT; lsq and lsq+ only)
 
 make_inputs draws a case's tensors; what the quantizer learns (LSQ's step by default; LSQ+'s
 and QIL's parameters in benchmarks/quantizers.py) comes from a parameter maker.
@@ -32,6 +35,7 @@ class Case:
     relu: bool  # activations after a ReLU are non-negative: the unsigned grid's use
     count: int = 1  # occurrences per network step (resnet18 suite)
     role: str = "activation"  # or "weight": which of a quantizer's two forms applies (QIL's, LSQ+'s grid)
+    group_size: Optional[int] = None  # per-group steps along the last axis (the llm suite)
 
     @property
     def numel(self) -> int:
@@ -49,6 +53,11 @@ def _weight(name, shape, count=1, bits=4):
     return Case(name, shape, bits=bits, signed=True, channel_axis=0, relu=False, count=count, role="weight")
 
 
+def _group_weight(name, shape, group=128, count=1, bits=4):
+    return Case(name, shape, bits=bits, signed=True, channel_axis=None, relu=False, count=count, role="weight",
+                group_size=group)
+
+
 def _size_label(n: int) -> str:
     return f"{n >> 20}M" if n >= 1 << 20 else f"{n >> 10}K"
 
@@ -62,6 +71,14 @@ SUITES: dict[str, list[Case]] = {
     ],
     "sizes": [_act(f"act-{_size_label(1 << k)}", (1 << k,)) for k in range(12, 29, 2)],
     "resnet18": [],  # filled in below, at batch 32: resnet18_cases(batch) for others
+    "llm": [
+        _group_weight("q_proj", (4096, 4096), count=2),  # and o_proj
+        _group_weight("k_proj", (1024, 4096), count=2),  # and v_proj
+        _group_weight("gate_proj", (14336, 4096), count=2),  # and up_proj
+        _group_weight("down_proj", (4096, 14336)),
+        _group_weight("q_proj.g32", (4096, 4096), group=32),
+        _group_weight("q_proj.g64", (4096, 4096), group=64),
+    ],
 }
 
 
@@ -115,7 +132,10 @@ ParamsMaker = Callable[[Case, torch.Tensor], tuple[tuple[torch.Tensor, ...], Opt
 
 def per_step(case: Case, x: torch.Tensor, stat: Callable[..., torch.Tensor]) -> torch.Tensor:
     """stat (torch.mean, torch.amin, ...) of x over what one parameter value covers: the whole
-    tensor (shape (1,)), or each channel along the case's channel axis."""
+    tensor (shape (1,)), each channel along the case's channel axis, or each group of the last
+    axis (shape [..., K / G])."""
+    if case.group_size is not None:
+        return stat(x.reshape(*x.shape[:-1], -1, case.group_size), dim=-1)
     if case.channel_axis is None:
         return stat(x).reshape(1)
     return stat(x, dim=[d for d in range(x.dim()) if d != case.channel_axis])

@@ -51,6 +51,7 @@ class Quantizer:
     # PyTorch's learnable fake-quant op as f(x, *params), or None where it cannot run the case
     # (x not float32); a quantizer without the field has no such peer.
     torch_learnable: Optional[Callable[[Case, Inputs], Optional[QuantFn]]] = None
+    groups: bool = False  # takes per-group steps (the llm suite's cases)
 
 
 # --- LSQ and LG-LSQ's soft round
@@ -58,7 +59,8 @@ class Quantizer:
 
 def lsq_call(**extra) -> Callable[[Case, Optional[float]], Call]:
     def call(case: Case, grad_scale: Optional[float]) -> Call:
-        kw = dict(signed=case.signed, channel_axis=case.channel_axis, grad_scale=grad_scale, **extra)
+        kw = dict(signed=case.signed, channel_axis=case.channel_axis, grad_scale=grad_scale,
+                  group_size=case.group_size, **extra)
         return Call(lsq_fast.lsq_quantize, lsq_fast.reference.lsq_quantize, (case.bits,), kw)
 
     return call
@@ -67,7 +69,7 @@ def lsq_call(**extra) -> Callable[[Case, Optional[float]], Call]:
 def learnable_fake_quant(case: Case, inp: Inputs, signed: bool) -> Optional[Callable[..., torch.Tensor]]:
     """torch._fake_quantize_learnable_per_{tensor,channel}_affine as f(x, scale, zero_point),
     with the case's bits, `signed`'s grid and grad scale (its grad_factor)."""
-    if inp.x.dtype != torch.float32:  # PyTorch's learnable fake-quant ops take float32 only
+    if inp.x.dtype != torch.float32 or case.group_size is not None:  # float32, per tensor or channel only
         return None
     qmin, qmax = lsq_fast.qrange(case.bits, signed)
     g = inp.grad_scale
@@ -108,7 +110,8 @@ def lsq_plus_params(case: Case, x: torch.Tensor):
 
 
 def lsq_plus_call(case: Case, grad_scale: Optional[float]) -> Call:
-    kw = dict(signed=lsq_plus_signed(case), channel_axis=case.channel_axis, grad_scale=grad_scale)
+    kw = dict(signed=lsq_plus_signed(case), channel_axis=case.channel_axis, grad_scale=grad_scale,
+              group_size=case.group_size)
     return Call(lsq_fast.lsq_plus_quantize, lsq_fast.reference.lsq_plus_quantize, (case.bits,), kw)
 
 
@@ -147,10 +150,11 @@ def qil_call(case: Case, grad_scale: Optional[float]) -> Call:
 QUANTIZERS: dict[str, Quantizer] = {
     q.name: q
     for q in [
-        Quantizer("lsq", "LSQ", lsq_params, lsq_call(), cuda_kernels=True, torch_learnable=lsq_learnable),
+        Quantizer("lsq", "LSQ", lsq_params, lsq_call(), cuda_kernels=True, torch_learnable=lsq_learnable,
+                  groups=True),
         Quantizer("lsq-arctan", "LSQ, arctan round gradient", lsq_params, lsq_call(round_grad="arctan", k=5.0),
-                  cuda_kernels=True),
-        Quantizer("lsq+", "LSQ+", lsq_plus_params, lsq_plus_call, torch_learnable=lsq_plus_learnable),
+                  cuda_kernels=True, groups=True),
+        Quantizer("lsq+", "LSQ+", lsq_plus_params, lsq_plus_call, torch_learnable=lsq_plus_learnable, groups=True),
         Quantizer("qil", "QIL", qil_params, qil_call),
     ]
 }

@@ -80,6 +80,24 @@ def test_kernel_benchmark_writes_its_results(tmp_path):
     assert "| lsq | weight |" in (tmp_path / "k.md").read_text()
 
 
+def test_llm_suite_times_per_group_steps(tmp_path, monkeypatch):
+    """The llm suite's code path on a small grouped weight (its Llama shapes are too large for
+    a test): lsq and lsq+ run with per-group steps and agree with their references, QIL and
+    PyTorch's learnable op (per tensor or channel only) have no rows."""
+    import cases
+
+    small = cases._group_weight("small", (64, 256), group=32)
+    monkeypatch.setitem(cases.SUITES, "llm", [small])
+    out = tmp_path / "g.json"
+    bench_lsq.main(["--device", "cpu", "--suite", "llm", "--quantizer", "lsq", "lsq+", "qil", "--rounds", "1",
+                    "--modes", "fwd+bwd", "--providers", "lsq_fast", "reference", "torch_learnable",
+                    "--json", str(out)])
+    results = [r for r in json.loads(out.read_text())["results"] if r["ms"] is not None]  # torch_learnable: n/a
+    assert {(r["quantizer"], r["provider"]) for r in results} == {
+        (q, p) for q in ("lsq", "lsq+") for p in ("lsq_fast", "reference")}
+    assert all(r["mismatch"] == 0 for r in results if r["provider"] == "lsq_fast")
+
+
 def test_kernel_benchmark_times_lsqs_relatives(tmp_path):
     """lsq-arctan, lsq+ and qil through the benchmark's code path on two tiny tensors (an
     activation and a per-channel weight), every mode: the fused op agrees with its reference,
