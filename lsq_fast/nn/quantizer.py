@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from ..ops.args import check_group_size, check_op_args, grad_scale_for_qmax, numel_per_step, qrange
+from ..ops.args import check_group_size, check_group_size_value, check_op_args, grad_scale_for_qmax, numel_per_step, qrange
 from ..ops.backends import check_backend
 from . import distributed
 from .positive import keep_positive
@@ -233,10 +233,8 @@ def step_shape(channel_axis: int | None, num_channels: int | None, group_size: i
         if shape is not None:
             raise ValueError("lsq_fast: shape is for per-group quantizers; set group_size too")
         return channel_shape(channel_axis, num_channels)
-    if channel_axis is not None or num_channels is not None:
-        raise ValueError("lsq_fast: pass group_size or channel_axis, not both: groups run along the last axis")
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"lsq_fast: group_size must be an int >= 1, got {group_size!r}")
+    # num_channels belongs to a channel axis: the same conflict
+    check_group_size_value(group_size, channel_axis if num_channels is None else num_channels)
     if role != "weight":
         raise ValueError("lsq_fast: per-group steps are for weights (role='weight'): an activation's groups "
                          "would change with its batch")

@@ -140,15 +140,20 @@ def check_qil_args(x: torch.Tensor, levels: int, weight: bool, **params: torch.T
             raise ValueError(f"lsq_fast: QIL's {name} is on {p.device} but x is on {x.device}")
 
 
+def check_group_size_value(group_size: int, channel_axis: int | None) -> None:
+    """group_size itself: an int >= 1, and not with a channel axis (the ops' and the modules' check)."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"lsq_fast: group_size must be an int >= 1, got {group_size!r}")
+    if channel_axis is not None:
+        raise ValueError("lsq_fast: pass group_size or channel_axis, not both: groups run along the last axis")
+
+
 def check_group_size(x: torch.Tensor, step: torch.Tensor, group_size: int, channel_axis: int | None) -> int:
     """Per-group steps (docs/contract.md, section 1): `group_size` G consecutive elements of x's
     last axis share a step, so x of shape [..., K] takes a step of shape [..., K / G]. Returns G."""
     if not isinstance(x, torch.Tensor) or not isinstance(step, torch.Tensor):
         raise TypeError("lsq_fast: x and step must be tensors")
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"lsq_fast: group_size must be an int >= 1, got {group_size!r}")
-    if channel_axis is not None:
-        raise ValueError("lsq_fast: pass group_size or channel_axis, not both: groups run along x's last axis")
+    check_group_size_value(group_size, channel_axis)
     if x.dim() == 0:
         raise ValueError("lsq_fast: per-group quantization needs x with at least one dimension")
     if x.shape[-1] % group_size:
