@@ -8,6 +8,9 @@ TORCH_SPEC ?= torch==2.13.0
 # interpreter turns 1-element arrays into ints, which NumPy 2.4 refuses: hence numpy<2.4.
 TRITON_SPEC ?= triton==3.6.0
 NUMPY_SPEC ?= numpy<2.4
+# Peers the benchmark times beside lsq_fast (setup.py's `peers` extra), on the same pip line as
+# the torch pin so that they can never pull another torch.
+PEERS_SPEC ?= torchao==0.18.0
 SOURCES := setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*)
 INSTALLED := $(VENV)/.lsq_fast-installed
 JOBS ?= 2
@@ -39,7 +42,7 @@ $(PY):
 
 # Dependencies first (torch pinned), then lsq_fast itself against that torch.
 $(INSTALLED): $(PY) $(SOURCES)
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)" "$(TRITON_SPEC)" "$(NUMPY_SPEC)" ninja "pytest>=8" "pytest-benchmark>=4"
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" "$(TRITON_SPEC)" "$(NUMPY_SPEC)" "$(PEERS_SPEC)" ninja "pytest>=8" "pytest-benchmark>=4"
 	MAX_JOBS=$(JOBS) $(PY) -m pip install --quiet --no-build-isolation --no-deps -e ".[test,bench]"
 	@touch $@
 

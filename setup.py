@@ -118,6 +118,9 @@ if __name__ == "__main__":
             "triton": ["triton>=3.2"],  # backend="triton"; CUDA builds of torch bring it
             "test": ["pytest>=8", "numpy<2.4"],  # numpy<2.4: Triton 3.6's CPU interpreter
             "bench": ["pytest-benchmark>=4"],
+            # The benchmark's peers (bench_lsq.py's torchao providers); install beside a pinned
+            # torch (pip install "torch==<yours>" ".[peers]"), or pip may pull another torch.
+            "peers": ["torchao>=0.13"],
         },
         ext_modules=[extension()],
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

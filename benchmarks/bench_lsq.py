@@ -22,6 +22,10 @@ with the case's bits/signed/axis/grad scale baked in):
   reference+compile  torch.compile of the reference, compiled once per case and dtype
   torch_learnable    torch._fake_quantize_learnable_per_{tensor,channel}_affine (float32 only;
                      for lsq and lsq+ only: its learned zero point plays LSQ+'s offset)
+  torchao            torchao's QAT IntxFakeQuantizer, PerGroup(G) with range_learning=True
+                     (lsq's per-group cases, the llm suite; when torchao is installed: the
+                     `peers` extra), eager; its scale is the case's step (quantizers.py)
+  torchao+compile    the same under torch.compile, once per case and dtype
 
 Modes: "fwd" is f under torch.no_grad(); "bwd" is torch.autograd.grad to (x, *params) of an
 output computed once beforehand (the graph retained); "fwd+bwd" is f then torch.autograd.grad.
@@ -53,7 +57,7 @@ from env_info import environment, keep_freed_memory
 from peak_memory import peak_bytes
 from png_chart import line_chart
 from progress import Progress
-from quantizers import QUANTIZERS, QuantFn, Quantizer
+from quantizers import QUANTIZERS, QuantFn, Quantizer, torchao_available
 from report import console_table, markdown_table, write, write_json
 from timing import Timing, interleaved_medians
 
@@ -132,6 +136,18 @@ def build_torch_learnable(q: Quantizer, case: Case, inp: Inputs, opts: Options) 
     return q.torch_learnable(case, inp) if q.torch_learnable is not None else None
 
 
+def build_torchao(q: Quantizer, case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
+    return q.torchao(case, inp) if q.torchao is not None else None
+
+
+def build_torchao_compiled(q: Quantizer, case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
+    fn = build_torchao(q, case, inp, opts)
+    if fn is None:
+        return None
+    torch._dynamo.reset()  # as build_reference_compiled: a fresh cache, static shapes
+    return torch.compile(fn, dynamic=False)
+
+
 PROVIDERS = {
     "lsq_fast": build_lsq_fast,
     "lsq_fast:cuda": build_lsq_fast_backend("cuda"),
@@ -139,6 +155,8 @@ PROVIDERS = {
     "reference": build_reference,
     "reference+compile": build_reference_compiled,
     "torch_learnable": build_torch_learnable,
+    "torchao": build_torchao,
+    "torchao+compile": build_torchao_compiled,
 }
 
 
@@ -148,6 +166,8 @@ def applies(provider: str, q: Quantizer, device: torch.device) -> bool:
     out rather than reported as rows of "n/a"."""
     if provider.startswith("lsq_fast:"):
         return backend_applies(provider.split(":", 1)[1], q, device)
+    if provider.startswith("torchao"):
+        return q.torchao is not None and torchao_available()
     return provider != "torch_learnable" or q.torch_learnable is not None
 
 

@@ -31,10 +31,12 @@ def keep_freed_memory() -> bool:
     """
     if platform.libc_ver()[0] != "glibc":
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    m_trim_threshold, m_mmap_max = -1, -4  # from <malloc.h>
     libc = ctypes.CDLL(None)
-    # 32 MiB is the largest mmap threshold glibc accepts on 64-bit; tensors above it still mmap.
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    # No mmap()ed allocations at all (the largest mmap threshold glibc accepts is 32 MiB, and a
+    # Llama weight of 16M float32 elements is 64 MiB), and no trimming: every tensor comes from
+    # the heap, and freed pages stay there for the next call.
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def device_name(device: torch.device) -> str:

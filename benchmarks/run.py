@@ -1,11 +1,12 @@
 """The main benchmark (`make bench`): kernels against their peers, and the end-to-end cost of QAT.
 
-    .venv/bin/python benchmarks/run.py                 # sized for a CPU: under 3 minutes on 2 cores
+    .venv/bin/python benchmarks/run.py                 # sized for a CPU: about 10 minutes on 2 cores
     .venv/bin/python benchmarks/run.py --gpu           # sized for a GPU (batch 32 tensors, 4K-64M, bf16 too)
     .venv/bin/python benchmarks/run.py --dtype float32 bfloat16 --providers lsq_fast reference --max-size 1M
 
 Runs benchmarks/bench_lsq.py on the ResNet-18 tensors and the size sweep, then
-benchmarks/bench_qat.py, then bench_lsq.py's main suite for LSQ's relatives, and writes to
+benchmarks/bench_qat.py, then bench_lsq.py's main suite for LSQ's relatives, then the LLM parts
+(bench_lsq.py --suite llm, bench_qat.py --model llama), and writes to
 --out (default benchmarks/results/local/):
   kernels.json, kernels.md     every kernel row (time, GB/s, % of copy, speed-ups, peak memory)
   kernels-stock-alloc.*        CPU: lsq_fast and the eager reference again, with glibc's allocator as it comes
@@ -14,6 +15,12 @@ benchmarks/bench_qat.py, then bench_lsq.py's main suite for LSQ's relatives, and
   family.json, family.md       the main suite's two tensors (activation, weight), float32, for
                                lsq-arctan, lsq+ and qil (benchmarks/quantizers.py): each fused op
                                against its own references (no targets)
+  llm.json, llm.md             the llm suite: a Llama-3-8B block's Linear weights with a step per
+                               128 weights (and 32, 64 on one shape), bfloat16 and float32, against
+                               the reference eager and compiled and torchao's per-group fake
+                               quantizer eager and compiled (when torchao is installed)
+  llm-step.json, llm-step.md   a Llama-shaped transformer's training step, float, weight-only 4-bit
+                               g128 with lsq_fast, and with the reference quantizer (tokens/s)
   summary.md                   the headline numbers against the project's targets
 """
 
@@ -40,6 +47,13 @@ KERNEL_TARGETS = {
     "cpu": {"reference+compile": 1.3, "reference": 8.0},
     "cuda": {"reference+compile": 1.2, "torch_learnable": 3.0},
 }
+# The per-group issue's targets on the llm suite (fwd+bwd, groups of 128): speed-up over each
+# compiled peer per dtype on every shape, and the share of the copy ceiling on the large shapes
+# (16M elements and more) per device type.
+LLM_TARGETS = {"bfloat16": 1.5, "float32": 1.2}
+LLM_PEERS = ("reference+compile", "torchao+compile")
+LLM_COPY_TARGET = {"cpu": 75.0, "cuda": 85.0}
+LLM_LARGE = 16 << 20
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-kernels", action="store_true")
     p.add_argument("--skip-qat", action="store_true")
     p.add_argument("--skip-family", action="store_true", help=f"leave out the main suite for {', '.join(FAMILY)}")
+    p.add_argument("--skip-llm", action="store_true", help="leave out the llm suite and the transformer step")
+    p.add_argument("--llm-rounds", type=int, help="llm suite rounds (default: 5 on CPU, 20 on GPU)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "local")
     args = p.parse_args(argv)
     if args.gpu and not torch.cuda.is_available():
@@ -67,6 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.batch = args.batch or (32 if args.gpu else 8)
     args.rounds = args.rounds or (20 if args.gpu else 10)
     args.modes = args.modes or (list(bench_lsq.MODES) if args.gpu else ["fwd", "fwd+bwd"])
+    args.llm_rounds = args.llm_rounds or (20 if args.gpu else 5)
     return args
 
 
@@ -91,6 +108,31 @@ def kernel_verdicts(rows: list[dict], device_type: str) -> list[str]:
     return lines
 
 
+def llm_verdicts(rows: list[dict], device_type: str) -> list[str]:
+    """The llm suite against LLM_TARGETS: per dtype and compiled peer, the smallest fwd+bwd
+    speed-up over the group-128 shapes; per dtype, the smallest share of copy on the large ones."""
+    lines = []
+    g128 = [r for r in rows if r["mode"] == "fwd+bwd" and "." not in r["case"]]  # q_proj.g32 etc. are other groups
+    for dtype, target in LLM_TARGETS.items():
+        for peer in LLM_PEERS:
+            speedups = {r["case"]: r["speedup"] for r in g128
+                        if r["dtype"] == dtype and r["provider"] == peer and r["speedup"] is not None}
+            if not speedups:
+                continue
+            case, worst = min(speedups.items(), key=lambda item: item[1])
+            met = sum(v >= target for v in speedups.values())
+            lines.append(f"- {dtype}, fwd+bwd vs {peer}: target {target}x on every group-128 shape; met on "
+                         f"{met}/{len(speedups)}; smallest {worst:.2f}x ({case}){'' if met == len(speedups) else ' - NOT MET'}")
+        shares = {r["case"]: r["pct_of_copy"] for r in g128 if r["dtype"] == dtype and r["provider"] == "lsq_fast"
+                  and r["numel"] >= LLM_LARGE and r["pct_of_copy"] is not None}
+        if shares:
+            case, worst = min(shares.items(), key=lambda item: item[1])
+            target = LLM_COPY_TARGET[device_type]
+            lines.append(f"- {dtype}, lsq_fast's fwd+bwd share of the copy ceiling on the large shapes: target "
+                         f"{target:.0f}%; smallest {worst:.0f}% ({case}){'' if worst >= target else ' - NOT MET'}")
+    return lines
+
+
 def family_lines(rows: list[dict]) -> list[str]:
     """One line per quantizer: lsq_fast's fwd+bwd time per tensor and each peer's time as a
     multiple of it (facts, no targets)."""
@@ -110,7 +152,8 @@ def family_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def qat_verdict(rows: list[dict], device_type: str) -> list[str]:
+def qat_verdict(rows: list[dict], device_type: str, targets: bool = True) -> list[str]:
+    """The training step's overheads; with `targets`, against the ResNet-18 step's targets."""
     by = {r["variant"]: bench_qat.QatRow(**r) for r in rows}
     if "lsq_fast" not in by or by["lsq_fast"].overhead_pct is None:
         return []
@@ -118,6 +161,8 @@ def qat_verdict(rows: list[dict], device_type: str) -> list[str]:
     lines = [f"- QAT overhead over float: lsq_fast {ours:+.1f}%"
              + (f", reference quantizer {by['reference'].overhead_pct:+.1f}%" if "reference" in by else "")]
     ratio = bench_qat.overhead_ratio(list(by.values()))
+    if not targets:
+        return lines + ([f"- lsq_fast's overhead is {100 * ratio:.0f}% of the reference's"] if ratio is not None else [])
     if ratio is not None:
         lines.append(f"- lsq_fast's overhead is {100 * ratio:.0f}% of the reference's (target: at most 50%)"
                      + ("" if ratio <= 0.5 else " - NOT MET"))
@@ -132,7 +177,7 @@ def main(argv=None) -> int:
     out = args.out
     run_family = not args.skip_kernels and not args.skip_family
     stale = ((["kernels*", "sizes-*.png"] if not args.skip_kernels else []) + (["qat.*"] if not args.skip_qat else [])
-             + (["family.*"] if run_family else []))
+             + (["family.*"] if run_family else []) + (["llm.*", "llm-step.*"] if not args.skip_llm else []))
     for pattern in stale:  # a part that runs replaces all it wrote last time
         for path in out.glob(pattern):
             path.unlink()
@@ -163,6 +208,16 @@ def main(argv=None) -> int:
             "--dtype", "float32", "--providers", *args.providers, "--modes", *args.modes, "--rounds", str(args.rounds),
             "--json", str(out / "family.json"), "--markdown", str(out / "family.md"),
         ])
+    if not args.skip_llm:
+        llm_providers = [p for p in args.providers if p == "lsq_fast" or p.startswith(("reference", "torchao"))]
+        bench_lsq.main([
+            "--device", args.device, "--suite", "llm", "--dtype", "bfloat16", "float32", "--providers", *llm_providers,
+            "--modes", "fwd+bwd", "--rounds", str(args.llm_rounds), "--json", str(out / "llm.json"),
+            "--markdown", str(out / "llm.md"),
+        ])
+        rounds = ["--rounds", str(args.qat_rounds)] if args.qat_rounds else []
+        bench_qat.main(["--device", args.device, "--model", "llama", *rounds, "--json", str(out / "llm-step.json"),
+                        "--markdown", str(out / "llm-step.md")])
 
     summary = ["# lsq_fast benchmark summary", ""]
     env = None
@@ -189,6 +244,15 @@ def main(argv=None) -> int:
         summary += [f"## LSQ's relatives ({', '.join(FAMILY)}; main suite, float32)", "",
                     "Each provider's time as a multiple of lsq_fast's for the same quantizer and tensor "
                     "(no targets):", "", *family_lines(family["results"]), "", "Tables: [family.md](family.md)", ""]
+    if not args.skip_llm and (out / "llm.json").exists():
+        llm = json.loads((out / "llm.json").read_text())
+        env = env or llm["environment"]
+        summary += ["## LLM weights, a step per group (llm suite, fwd+bwd)", "", *llm_verdicts(llm["results"], args.device),
+                    "", "Tables: [llm.md](llm.md)", ""]
+    if not args.skip_llm and (out / "llm-step.json").exists():
+        step = json.loads((out / "llm-step.json").read_text())
+        summary += ["## End to end (Llama-shaped transformer, weight-only 4-bit g128)", "",
+                    *qat_verdict(step["results"], args.device, targets=False), "", (out / "llm-step.md").read_text(), ""]
     if env:
         summary[1:1] = ["", f"{env['device_name']} ({env['device']}), torch {env['torch']}, triton {env['triton']}, "
                         f"commit {env['git_commit']}, {env['date']}", ""]

@@ -19,6 +19,7 @@ import bench_cpu_groups  # noqa: E402
 import bench_fsdp  # noqa: E402
 import bench_lsq  # noqa: E402
 import bench_qat  # noqa: E402
+import quantizers  # noqa: E402
 import run as bench_run  # noqa: E402
 from peak_memory import peak_bytes  # noqa: E402
 from png_chart import line_chart  # noqa: E402
@@ -132,11 +133,39 @@ def test_kernel_benchmark_times_lsqs_relatives(tmp_path):
     assert "torch_learnable" in lines[1] and "reference" in lines[2]
 
 
+@pytest.mark.skipif(not quantizers.torchao_available(), reason="torchao is not installed (the peers extra)")
+def test_llm_suite_times_torchao_per_group(tmp_path, monkeypatch):
+    """torchao's per-group fake quantizer is a peer of per-group LSQ, eager and compiled, with
+    the reference's forward (its scale is the case's step), and the summary's llm verdicts
+    read its rows."""
+    import cases
+
+    small = cases._group_weight("small", (32, 256), group=128)
+    monkeypatch.setitem(cases.SUITES, "llm", [small])
+    out = tmp_path / "ao.json"
+    bench_lsq.main(["--device", "cpu", "--suite", "llm", "--dtype", "bfloat16", "--rounds", "1", "--modes", "fwd+bwd",
+                    "--providers", "lsq_fast", "torchao", "torchao+compile", "--json", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert {r["provider"] for r in results} == {"lsq_fast", "torchao", "torchao+compile"}
+    assert all(r["mismatch"] == 0 and r["ms"] > 0 for r in results)
+    lines = bench_run.llm_verdicts(results, "cpu")
+    assert len(lines) == 1 and lines[0].startswith("- bfloat16, fwd+bwd vs torchao+compile: target 1.5x")
+
+
+def test_llama_training_step_benchmark():
+    """The weight-only transformer step: tokens/s for float, lsq_fast and the reference."""
+    rows = bench_qat.run(torch.device("cpu"), batch=1, size=16, amp_dtype=None, rounds=1,
+                         variants=list(bench_qat.VARIANTS), model="llama")
+    assert [r.variant for r in rows] == ["float", "lsq_fast", "reference"]
+    assert all(r.samples_per_s > 0 and r.unit == "tokens" and r.model == "llama" for r in rows)
+    assert bench_run.qat_verdict([r.__dict__ for r in rows], "cpu", targets=False)[0].startswith("- QAT overhead")
+
+
 def test_training_step_benchmark_and_summary(tmp_path):
     rows = bench_qat.run(torch.device("cpu"), batch=2, size=32, amp_dtype=None, rounds=1,
                          variants=list(bench_qat.VARIANTS))
     assert [r.variant for r in rows] == ["float", "lsq_fast", "reference"]
     assert rows[0].overhead_pct is None and rows[1].overhead_pct is not None
-    assert all(r.peak_mb > 0 and r.images_per_s > 0 for r in rows)
+    assert all(r.peak_mb > 0 and r.samples_per_s > 0 and r.unit == "images" for r in rows)
     lines = bench_run.qat_verdict([r.__dict__ for r in rows], "cpu")
     assert lines[0].startswith("- QAT overhead over float: lsq_fast")

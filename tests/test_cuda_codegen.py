@@ -41,7 +41,8 @@ def _template_args(kernel: str) -> list[str]:
 
 def _variant(kernel: str) -> str:
     """'forward', 'ste' or 'soft_round' for the elementwise kernels (rows: <T, VEC, backward,
-    per_row, soft_round>, cols: <T, VEC, backward, soft_round>), 'partials' for the combine."""
+    per_row, soft_round>, cols and groups: <T, VEC, backward, soft_round>), 'partials' for the
+    combine."""
     if kernel.startswith("lsq_sum_partials_kernel"):
         return "partials"
     args = _template_args(kernel)
@@ -54,12 +55,14 @@ def _variant(kernel: str) -> str:
 def test_every_kernel_compiles_for_ampere_and_hopper(kernels):
     names = {(k["sm"], k["kernel"].split("<")[0]) for k in kernels}
     for sm in (80, 90):
-        assert {(sm, "lsq_rows_kernel"), (sm, "lsq_cols_kernel"), (sm, "lsq_sum_partials_kernel")} <= names
+        assert {(sm, "lsq_rows_kernel"), (sm, "lsq_cols_kernel"), (sm, "lsq_groups_kernel"),
+                (sm, "lsq_sum_partials_kernel")} <= names
     for dtype in ("float", "__half", "__nv_bfloat16", "double"):
         for variant in ("forward", "ste", "soft_round"):
             found = [k for k in kernels
                      if _template_args(k["kernel"])[0] == dtype and _variant(k["kernel"]) == variant]
-            assert len(found) == 2 * 2 * 3, (dtype, variant)  # sm x pack x kind (cols, rows per tensor, rows per row)
+            # sm x pack x kind (cols, groups, rows per tensor, rows per row)
+            assert len(found) == 2 * 2 * 4, (dtype, variant)
 
 
 def test_soft_round_only_in_its_own_instantiations(kernels):

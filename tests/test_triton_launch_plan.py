@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("triton")
 from lsq_fast._triton.layout import STEP_ONE, STEP_PER_COL, STEP_PER_ROW, matrix_view  # noqa: E402
 from lsq_fast.ops.layout import is_dense  # noqa: E402
-from lsq_fast._triton.tiles import partials_shape, pick_tile  # noqa: E402
+from lsq_fast._triton.tiles import one_pass, partials_shape, pick_tile  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -48,6 +48,20 @@ def test_layer_sized_quantizers_finish_the_step_gradient_in_one_launch(shape, ax
     view = matrix_view(torch.empty(shape), axis)
     outer, _, inner = partials_shape(view, pick_tile(view))
     assert outer * inner == 1
+
+
+@pytest.mark.parametrize("shape,group", [((4096, 4096), 128), ((14336, 4096), 128), ((4096, 14336), 128),
+                                         ((4096, 4096), 32), ((4096, 4096), 64), ((1024, 4096), 256), ((4096, 4096), 4096)])
+def test_per_group_steps_are_one_pass_with_whole_groups_in_registers(shape, group):
+    """Per-group steps run on x's [numel / G, G] rows: every tile holds whole groups (one
+    group per tile row), so each group's step gradient is a row sum of the tile, finished by
+    the backward kernel itself: no second launch, no partials buffer."""
+    rows = shape[0] * shape[1] // group
+    view = matrix_view(torch.empty(shape, device="meta").view(rows, group), 0)
+    tile = pick_tile(view)
+    assert tile.block_cols >= group and tile.grid_cols == 1
+    assert one_pass(partials_shape(view, tile))
+    assert tile.block_rows * tile.block_cols <= 16384  # registers: at most 16K elements a program
 
 
 @pytest.mark.parametrize("numel", [1, 17, 4096, 4097, 1 << 20, (1 << 20) + 1, 1 << 26])

@@ -49,6 +49,9 @@ ONE_ROW = dict(STEP_MODE=0, BLOCK_R=1, BLOCK_C=4096, ONE_ROW=True)  # per-tensor
 WHOLE_ROWS = dict(STEP_MODE=1, BLOCK_R=1, BLOCK_C=8192, ONE_ROW=False)  # a weight's rows (16 warps)
 PER_ROW = dict(STEP_MODE=1, BLOCK_R=1, BLOCK_C=4096, ONE_ROW=False)
 PER_COL = dict(STEP_MODE=2, BLOCK_R=64, BLOCK_C=64, ONE_ROW=False)  # channels_last activations
+# Per-group steps of a large weight ([numel / G, G] rows): 4096-element tiles of whole groups.
+GROUPS_128 = dict(STEP_MODE=1, BLOCK_R=32, BLOCK_C=128, ONE_ROW=False)
+GROUPS_32 = dict(STEP_MODE=1, BLOCK_R=128, BLOCK_C=32, ONE_ROW=False)
 QIL_TILE = dict(BLOCK_C=4096)
 WEIGHT = dict(WEIGHT=True, HAS_GAMMA=True)
 ACTIVATION = dict(WEIGHT=False, HAS_GAMMA=False)
@@ -67,6 +70,12 @@ VARIANTS = [
     (lsq._lsq_backward_kernel, LSQ_BWD, "fp32", {**PER_COL, "FINAL": False, **STE}, 8),
     (lsq._lsq_backward_kernel, LSQ_BWD, "fp32", {**ONE_ROW, "FINAL": False, **SOFT}, 8),
     (lsq._lsq_backward_kernel, LSQ_BWD, "fp32", {**WHOLE_ROWS, "FINAL": True, **SOFT}, 16),
+    (lsq._lsq_forward_kernel, LSQ_FWD, "bf16", GROUPS_128, 8),
+    (lsq._lsq_backward_kernel, LSQ_BWD, "fp32", {**GROUPS_128, "FINAL": True, **STE}, 8),
+    (lsq._lsq_backward_kernel, LSQ_BWD, "bf16", {**GROUPS_128, "FINAL": True, **STE}, 8),
+    (lsq._lsq_backward_kernel, LSQ_BWD, "bf16", {**GROUPS_32, "FINAL": True, **STE}, 8),
+    (lsq._lsq_backward_kernel, LSQ_BWD, "bf16", {**GROUPS_128, "FINAL": True, **SOFT}, 8),
+    (lsq_plus._lsq_plus_backward_kernel, PLUS_BWD, "bf16", {**GROUPS_128, "FINAL": True}, 8),
     (lsq_plus._lsq_plus_forward_kernel, PLUS_FWD, "fp32", ONE_ROW, 8),
     (lsq_plus._lsq_plus_forward_kernel, PLUS_FWD, "bf16", ONE_ROW, 8),
     (lsq_plus._lsq_plus_backward_kernel, PLUS_BWD, "fp32", {**ONE_ROW, "FINAL": False}, 8),

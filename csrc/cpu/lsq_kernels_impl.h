@@ -50,7 +50,8 @@ using at::vec::Vectorized;
 constexpr int64_t kBlock = 16384;           // elements per work item
 constexpr int64_t kMinSegment = 64;         // shorter channel runs that repeat (outer > 1) use pattern mode
 constexpr int64_t kPatternColumns = 1024;   // columns per pattern-mode work item (about)
-constexpr int64_t kFoldSteps = 64;  // float32 terms per lane before folding to float64: error <= 63 * 2^-24 = 3.8e-6 of sum|terms|
+constexpr int64_t kFoldSteps = 64;  // float32 terms per lane before folding to float64: with the lanes'
+                                    // tree (RunSink::fold), error <= (63 + 4) * 2^-24 = 4e-6 of sum|terms|
 constexpr int64_t kParallelElements = 32768;  // smaller calls stay on the calling thread
 
 template <typename T>
@@ -339,11 +340,12 @@ struct RunSink {
     for (int k = 0; k < K; ++k) lanes[k] = lanes[k] + a[k] + b[k];  // each lane gains two terms
     if (++pending == kFoldSteps / 2) fold();
   }
+  // The lanes' sum in a fixed shuffle tree within the vector (float32, depth log2 of the
+  // lanes), into float64. A group of 32 elements folds once, and a chain of 16 dependent
+  // float64 adds there cost more than the group's arithmetic.
   void fold() {
-    alignas(64) opmath_t buf[Vec::size()];
     for (int k = 0; k < K; ++k) {
-      lanes[k].store(buf);
-      for (int64_t j = 0; j < Vec::size(); ++j) total[k] += static_cast<double>(buf[j]);
+      total[k] += static_cast<double>(at::vec::vec_reduce_all<opmath_t>([](Vec& a, Vec& b) { return a + b; }, lanes[k]));
       lanes[k] = Vec(0);
     }
     pending = 0;
@@ -420,6 +422,26 @@ struct Tiling {
     len = std::min(kBlock, l.inner - block * kBlock);
     channel = seg % l.channels;
   }
+  // fn(unit, offset, len, channel) for each unit of a segment-mode item, in order. An item of
+  // several short segments walks them with no division per segment (two 64-bit divisions
+  // cost as much as a group of 32 elements' arithmetic).
+  template <typename Fn>
+  void for_each_unit(int64_t item, const Fn& fn) const {
+    int64_t u0, u1, offset, len, channel;
+    unit_range(item, u0, u1);
+    if (blocks_per_segment != 1) {
+      for (int64_t u = u0; u < u1; ++u) {
+        segment(u, offset, len, channel);
+        fn(u, offset, len, channel);
+      }
+      return;
+    }
+    channel = u0 % l.channels;
+    for (int64_t u = u0; u < u1; ++u) {
+      fn(u, u * l.inner, l.inner, channel);
+      if (++channel == l.channels) channel = 0;
+    }
+  }
   // Pattern mode: the item's rows [r0, r1) and columns [c0, c1).
   void tile(int64_t item, int64_t& r0, int64_t& r1, int64_t& c0, int64_t& c1) const {
     const int64_t rb = item / column_blocks, cb = item % column_blocks;
@@ -440,13 +462,16 @@ struct PreparedParams {
   std::vector<opmath_t> by_column[P];
 
   PreparedParams(const MethodArgs& args, const opmath_t* const* raw, const Tiling& t) {
-    opmath_t in[P], out[P];
     for (int k = 0; k < P; ++k) by_channel[k].resize(t.l.channels);
-    for (int64_t c = 0; c < t.l.channels; ++c) {
-      for (int k = 0; k < P; ++k) in[k] = raw[k] != nullptr ? raw[k][c] : opmath_t(1);  // absent: 1 (QIL's gamma)
-      Policy::prepare(args, in, out);
-      for (int k = 0; k < P; ++k) by_channel[k][c] = out[k];
-    }
+    // In parallel chunks: per-group steps number up to half a million.
+    at::parallel_for(0, t.l.channels, kParallelElements, [&](int64_t begin, int64_t end) {
+      opmath_t in[P], out[P];
+      for (int64_t c = begin; c < end; ++c) {
+        for (int k = 0; k < P; ++k) in[k] = raw[k] != nullptr ? raw[k][c] : opmath_t(1);  // absent: 1 (QIL's gamma)
+        Policy::prepare(args, in, out);
+        for (int k = 0; k < P; ++k) by_channel[k][c] = out[k];
+      }
+    });
     if (!t.pattern) return;
     for (int k = 0; k < P; ++k) {
       by_column[k].assign(t.row_len + 2 * Vectorized<opmath_t>::size(), opmath_t(1));
@@ -482,12 +507,9 @@ void forward_typed(const MethodArgs& args, const scalar_t* x, const at::opmath_t
   at::parallel_for(0, t.items, t.grain(), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       if (!t.pattern) {
-        int64_t u0, u1, offset, len, c;
-        t.unit_range(item, u0, u1);
-        for (int64_t u = u0; u < u1; ++u) {
-          t.segment(u, offset, len, c);
+        t.for_each_unit(item, [&](int64_t, int64_t offset, int64_t len, int64_t c) {
           quantize_run(m, x + offset, y + offset, len, params.broadcast(c));
-        }
+        });
       } else {
         int64_t r0, r1, c0, c1;
         t.tile(item, r0, r1, c0, c1);
@@ -508,26 +530,30 @@ void backward_typed(const MethodArgs& args, const scalar_t* gy, const scalar_t* 
   constexpr int K = Policy::kTerms;
   const int64_t channels = layout.channels;
   const Tiling t(layout);
-  std::fill(term_sums, term_sums + K * channels, 0.0);
+  // One unit per channel (outer == 1, runs of at most kBlock: per-group steps, a weight's
+  // rows): a unit's sum is its channel's, written in place. Else partials [unit][term].
+  const bool unit_is_channel = !t.pattern && layout.outer == 1 && t.blocks_per_segment == 1 && t.items > 0;
+  if (!unit_is_channel) std::fill(term_sums, term_sums + K * channels, 0.0);
   if (t.items == 0) return;
   const PreparedParams<Policy, opmath_t> params(args, raw, t);
   const Policy m(args, params.first().data());
 
   if (!t.pattern) {
-    std::vector<double> partial(t.units * K);  // [unit][term]
+    std::vector<double> partial(unit_is_channel ? 0 : t.units * K);
     at::parallel_for(0, t.items, t.grain(), [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
-        int64_t u0, u1, offset, len, c;
-        t.unit_range(item, u0, u1);
-        for (int64_t u = u0; u < u1; ++u) {
-          t.segment(u, offset, len, c);
+        t.for_each_unit(item, [&](int64_t u, int64_t offset, int64_t len, int64_t c) {
           RunSink<opmath_t, K> sink;
           backward_run(m, gy + offset, x + offset, gx + offset, len, params.broadcast(c), sink);
           sink.fold();
-          for (int k = 0; k < K; ++k) partial[u * K + k] = sink.total[k];
-        }
+          for (int k = 0; k < K; ++k) {
+            if (unit_is_channel) term_sums[k * channels + c] = sink.total[k];
+            else partial[u * K + k] = sink.total[k];
+          }
+        });
       }
     });
+    if (unit_is_channel) return;
     // unit = (o * channels + c) * blocks_per_segment + block, summed over o then block.
     for (int64_t o = 0; o < layout.outer; ++o)
       for (int64_t c = 0; c < channels; ++c)

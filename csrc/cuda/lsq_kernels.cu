@@ -281,6 +281,65 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) lsq_cols_kernel(Args<T
   }
 }
 
+// ---- groups kernel: per-group steps, short weight rows ----------------------------------------
+
+// Each warp walks its work items; within one, the thread at `lane` makes accesses
+// t = 0 .. rounds * packs_per_lane - 1 (lsq_plan.h, groups_access), kInFlight at a time, all
+// loads of a batch before any use. Its float32 sum over a group's accesses is folded into
+// float64 at the group's last access and reduced over the group's lanes by shuffles (width
+// `lanes`: the groups of a warp never mix); the group's first lane writes grad_step. Every
+// lane of the warp takes every trip of the loops (a group past the end is only masked), so
+// the shuffles always see the full warp.
+template <typename T, int VEC, bool kBackward, bool kSoftRound>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) lsq_groups_kernel(Args<T> a, Plan p) {
+  using M = math_t<T>;
+  using P = Pack<T, VEC>;
+  constexpr int kInFlight = in_flight<T, VEC, kBackward, kSoftRound>();
+  const int lane = threadIdx.x % 32;
+  const int64_t accesses = p.rounds * p.packs_per_lane;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32; item < p.items; item += warps) {
+    M acc = 0;
+    for (int64_t t0 = 0; t0 < accesses; t0 += kInFlight) {
+      P xs[kInFlight];
+      P gs[kInFlight];
+      M s[kInFlight];
+#pragma unroll
+      for (int k = 0; k < kInFlight; ++k) {
+        const GroupsAccess at = groups_access(p, item, lane, t0 + k);
+        if (t0 + k < accesses && at.valid) {
+          xs[k] = load<T, VEC>(a.x + at.offset);
+          if constexpr (kBackward) gs[k] = load<T, VEC>(a.grad_y + at.offset);
+          s[k] = clamp_step(a.step[at.group]);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kInFlight; ++k) {
+        const int64_t t = t0 + k;
+        if (t >= accesses) break;  // uniform across the warp
+        const GroupsAccess at = groups_access(p, item, lane, t);
+        if (at.valid) {
+          P out;
+#pragma unroll
+          for (int v = 0; v < VEC; ++v)
+            out.v[v] = element<kBackward, kSoftRound>(a, xs[k].v[v], kBackward ? gs[k].v[v] : T(), s[k], acc);
+          store<T, VEC>(a.out + at.offset, out);
+        }
+        if constexpr (kBackward) {
+          if (groups_last_access(p, t)) {  // uniform across the warp
+            double sum = static_cast<double>(acc);
+            for (int offset = p.lanes / 2; offset > 0; offset /= 2)
+              sum += __shfl_down_sync(0xffffffffu, sum, offset, p.lanes);
+            if (lane % p.lanes == 0 && at.group < p.rows)
+              a.grad_step[at.group] = scaled_step_grad(a.step[at.group], sum, a.grad_scale);
+            acc = 0;
+          }
+        }
+      }
+    }
+  }
+}
+
 // ---- the partials' combine -------------------------------------------------------------------
 
 // grad_step[c] = g * sum of partials[o, c, i] over o and i; block c takes channel c, in an
@@ -309,7 +368,10 @@ cudaError_t launch(const Plan& p, const Args<T>& a, cudaStream_t stream) {
   constexpr int kColsWide = kWide < kColsMaxVec ? kWide : kColsMaxVec;
   const dim3 grid(p.grid_x, p.grid_y);
   const bool wide = p.vec > 1;
-  if (p.kind == KernelKind::kCols) {
+  if (p.kind == KernelKind::kGroups) {
+    if (wide) lsq_groups_kernel<T, kWide, kBackward, kSoftRound><<<grid, kThreads, 0, stream>>>(a, p);
+    else lsq_groups_kernel<T, 1, kBackward, kSoftRound><<<grid, kThreads, 0, stream>>>(a, p);
+  } else if (p.kind == KernelKind::kCols) {
     if (wide) lsq_cols_kernel<T, kColsWide, kBackward, kSoftRound><<<grid, kThreads, 0, stream>>>(a, p);
     else lsq_cols_kernel<T, 1, kBackward, kSoftRound><<<grid, kThreads, 0, stream>>>(a, p);
   } else if (p.per_row) {

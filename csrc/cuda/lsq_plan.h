@@ -2,7 +2,7 @@
 // binding, the kernels and a g++-built test (tests/cpp/test_cuda_host.cpp) share one rule:
 // make_plan on the host, and the LSQ_HD index helpers in the kernels and the test alike.
 //
-// Two kernels cover every dense layout [outer, channels, inner] (see lsq_layout.h):
+// Three kernels cover every dense layout [outer, channels, inner] (see lsq_layout.h):
 //  - rows: memory is rows of `cols` elements with one step per row (per-tensor: one row of
 //    every element; weights on axis 0 and NCHW activations on axis 1: a row per channel run).
 //    Work items are chunks of a row; a block strides over items.
@@ -10,14 +10,24 @@
 //    shorter than a warp): memory is a [outer, channels * inner] matrix, column j has step
 //    j / inner. Each thread keeps the same columns for the whole launch, so it loads its steps
 //    once and sums its columns' step gradients; blocks stride over bands of rows.
+//  - groups: rows shorter than one block-wide sweep of 16-byte accesses (4 KB: per-group
+//    steps of LLM weights, [numel / G, G], and short weight rows), where the rows kernel would
+//    leave most of a block idle (a row of 128 float32 is 32 of its 256 threads). `lanes`
+//    threads of a warp (a power of two, up to 32) share a group; a warp takes 32 / lanes
+//    groups at a time, `rounds` times per work item, so that each thread has about
+//    unroll_for() accesses in flight; a group's step gradient is reduced by warp shuffles
+//    among its lanes and written by its first lane: one launch, no shared memory.
 //
 // The step gradient: float32 per thread within a work item (rows kernel) or per element (cols
 // kernel, into float64 totals in shared memory), folded into float64, reduced across the
 // block in a fixed order, one float64 partial per block (per-tensor), per item
 // (rows kernel, a step per row) or per block and column (cols kernel), then summed per
-// channel by a second tiny kernel in a fixed order. No atomics: the same bits on every run.
+// channel by a second tiny kernel in a fixed order; in the groups kernel, float32 per thread
+// within its group (at most 64 terms: a row is under 4 KB), folded into float64 and summed
+// over the group's lanes by a fixed shuffle tree. No atomics: the same bits on every run.
 // Where a block holds a channel's whole sum, the backward writes grad_step itself and the
-// second kernel is skipped (Plan::final): a weight's rows (one item per row), a small tensor
+// second kernel is skipped (Plan::final): a weight's rows (one item per row; short rows and
+// groups always, in the groups kernel), a small tensor
 // (one item, or one block down every column), a weight with short rows (one row: one block
 // down each column block, the blocks cut at channel boundaries).
 //
@@ -58,6 +68,9 @@ constexpr int64_t kGridBlocks = 1024;
 // blocks' worth anyway): its partials, 8 bytes per column, then cost at most 1/12 of its
 // float32 traffic (8 rows x 12 bytes per column: x, grad_y, grad_x; 1/6 for 16-bit types).
 constexpr int64_t kColsMinRows = 8;
+// Rows of fewer bytes than one sweep of a block's 16-byte accesses use the groups kernel
+// (outer == 1, at least kMinWeightRow elements).
+constexpr int64_t kGroupsMaxRowBytes = static_cast<int64_t>(kThreads) * 16;
 // A tensor of up to this many bytes (8192 float32, 16384 float16/bfloat16, 4096 float64
 // elements) finishes its step gradient in the backward kernel: per-tensor, one work item
 // (one block); per-channel in the cols kernel, one block down every column. One block loads
@@ -78,7 +91,7 @@ LSQ_HD constexpr int unroll_for(int vec, bool backward) {
   return per_input > 1 ? per_input : 1;
 }
 
-enum class KernelKind : int { kRows, kCols };
+enum class KernelKind : int { kRows, kCols, kGroups };
 
 struct Plan {
   KernelKind kind;
@@ -98,6 +111,13 @@ struct Plan {
   int64_t block_cols;  // columns per column block: tx * vec, or fewer to end at a channel's edge
   int64_t band_rows;  // (kThreads / tx) * unroll: each thread loads `unroll` rows of a band
   int64_t bands;
+  // groups kernel: rows (= channels) are the groups, of `cols` elements; a group has `packs`
+  // packs of `vec`, spread over `lanes` threads, `packs_per_lane` each; a work item (one warp's)
+  // is `rounds` x (32 / lanes) consecutive groups, `items` of them.
+  int lanes;
+  int64_t packs;
+  int64_t packs_per_lane;
+  int64_t rounds;
   unsigned grid_x;
   unsigned grid_y;
   // Step-gradient partials, float64, laid out [partial_outer, channels, partial_inner]:
@@ -159,6 +179,25 @@ LSQ_HD int64_t cols_end_channel(const Plan& p, int64_t block_y) {
   const int64_t end = (block_y + 1) * p.block_cols;
   return (end < p.cols ? end : p.cols) / p.inner;
 }
+
+// The groups kernel: where the t-th access of the thread at `lane` of its warp, in work item
+// `item`, falls (t < rounds * packs_per_lane): its group, and its first element, when valid
+// (a group past the tensor's last, or a pack past its group's end, is not). A group's accesses
+// are those with t % packs_per_lane from 0 to packs_per_lane - 1 of one round: every lane of
+// a warp reaches a group's last access at the same t, where the group's sum is reduced.
+struct GroupsAccess {
+  int64_t group;
+  int64_t offset;
+  bool valid;
+};
+LSQ_HD int groups_per_warp(const Plan& p) { return 32 / p.lanes; }
+LSQ_HD GroupsAccess groups_access(const Plan& p, int64_t item, int lane, int64_t t) {
+  const int64_t round = t / p.packs_per_lane;
+  const int64_t pack = lane % p.lanes + (t - round * p.packs_per_lane) * p.lanes;
+  const int64_t group = (item * p.rounds + round) * groups_per_warp(p) + lane / p.lanes;
+  return GroupsAccess{group, group * p.cols + pack * p.vec, group < p.rows && pack < p.packs};
+}
+LSQ_HD bool groups_last_access(const Plan& p, int64_t t) { return t % p.packs_per_lane == p.packs_per_lane - 1; }
 
 namespace plan_detail {
 
@@ -241,6 +280,28 @@ inline Plan cols_plan(const Layout& l, int elem_size, bool aligned, bool backwar
   return p;
 }
 
+inline Plan groups_plan(const Layout& l, int elem_size, bool aligned, bool backward) {
+  Plan p{};
+  const int wide = 16 / elem_size;
+  p.kind = KernelKind::kGroups;
+  p.per_row = true;
+  p.channels = l.channels;
+  p.rows = l.channels;
+  p.cols = l.inner;
+  p.inner = l.inner;
+  p.tx = 1;
+  p.grid_y = 1;
+  p.vec = aligned && p.cols % wide == 0 ? wide : 1;
+  p.packs = p.cols / p.vec;
+  p.lanes = static_cast<int>(std::min<int64_t>(next_pow2(p.packs), 32));
+  p.packs_per_lane = ceil_div(p.packs, p.lanes);
+  p.rounds = std::max<int64_t>(1, unroll_for(p.vec, backward) / p.packs_per_lane);
+  p.items = ceil_div(p.rows, p.rounds * (32 / p.lanes));
+  p.grid_x = static_cast<unsigned>(std::min(ceil_div(p.items, kThreads / 32), kGridBlocks));
+  p.final = true;
+  return p;
+}
+
 }  // namespace plan_detail
 
 // layout: of a non-empty dense tensor; elem_size: bytes per element; aligned: every pointer
@@ -252,6 +313,9 @@ inline Plan make_plan(const Layout& l, int elem_size, bool aligned, bool backwar
   if (l.channels == 1) return plan_detail::rows_plan(l, elem_size, aligned, backward);
   // A weight (outer == 1) keeps rows down to a warp's width: one item per row is its channel's
   // whole sum, so the backward is one launch.
+  // Per-group steps and short weight rows: a few lanes per group, one launch.
+  if (l.outer == 1 && l.inner >= kMinWeightRow && l.inner * elem_size < kGroupsMaxRowBytes)
+    return plan_detail::groups_plan(l, elem_size, aligned, backward);
   if (l.inner >= kMinRowRun || (l.outer == 1 && l.inner >= kMinWeightRow)) {
     // A small activation whose channels span several runs (NCHW, N > 1) would need the
     // combine in the rows kernel; the cols kernel, one block down each column, finishes it

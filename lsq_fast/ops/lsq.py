@@ -50,9 +50,12 @@ def lsq_quantize(
         group_size: per-group steps (LLM weights): G consecutive elements of x's last axis
             share a step, so x of shape [..., K] takes a step of shape [..., K / G] (a Linear
             weight [out, in] steps [out, in / G]); K % G == 0; not with channel_axis. The
-            default grad_scale is then 1/sqrt(G * qmax). Runs the per-channel kernels on
-            x's rows of one group ([numel / G, G]: a view of x when its last axis is
-            contiguous, one copy otherwise; the result is then contiguous).
+            default grad_scale is then 1/sqrt(G * qmax). The kernels see x's rows of one group
+            ([numel / G, G]: a view of x when its last axis is contiguous, one copy otherwise;
+            the result is then contiguous), a step per row: one pass each way, each group's
+            step gradient reduced in the backward's pass (CPU: a work item holds whole groups;
+            Triton: a tile's rows are whole groups, summed in registers; CUDA: the groups
+            kernel, a few lanes of a warp per group, summed by shuffles).
         backend: "auto" (the fastest for x's device: "cpu" on CPU tensors; on CUDA tensors
             "cuda" or "triton", whichever lsq_fast/ops/backend_table.json measured faster for this
             layout, dtype and size on this GPU architecture, "triton" where nothing was measured),

@@ -91,6 +91,30 @@ void expect_cols_cover(const Layout& l, const Plan& p, bool backward) {
   EXPECT(channels_ok);
 }
 
+// Every element lies in exactly one groups-kernel access (item, lane, t), in its own group
+// (element i of [1, groups, G] has step i / G), at a pack-aligned offset; each group's
+// accesses are made by its lanes of one warp only, within one round.
+void expect_groups_cover(const Layout& l, const Plan& p) {
+  std::vector<int> seen(l.numel(), 0);
+  bool groups_ok = p.lanes >= 1 && p.lanes <= 32 && 32 % p.lanes == 0 && p.packs * p.vec == p.cols;
+  const int64_t accesses = p.rounds * p.packs_per_lane;
+  for (int64_t item = 0; item < p.items; ++item)
+    for (int lane = 0; lane < 32; ++lane)
+      for (int64_t t = 0; t < accesses; ++t) {
+        const GroupsAccess at = groups_access(p, item, lane, t);
+        if (!at.valid) continue;
+        groups_ok &= at.offset % p.vec == 0 && at.offset + p.vec <= l.numel();
+        for (int v = 0; v < p.vec; ++v) {
+          ++seen[at.offset + v];
+          groups_ok &= (at.offset + v) / l.inner == at.group;
+        }
+      }
+  bool once = true;
+  for (int s : seen) once &= s == 1;
+  EXPECT(once);
+  EXPECT(groups_ok);
+}
+
 // An integer stand-in for element i's grad_y * dy/ds: sums of them are exact, so any element
 // lost, counted twice or given to the wrong channel shows.
 int64_t term(int64_t i) { return (i * 2654435761LL) % 1009 + 1; }
@@ -115,7 +139,31 @@ bool emulated_sums_match(const Layout& l, const Plan& p) {
     partials[k] = v;
     ++partial_writes[k];
   };
-  if (p.kind == KernelKind::kRows) {
+  if (p.kind == KernelKind::kGroups) {
+    // Each warp's work items, each lane's sum over a group's accesses, the shuffle over the
+    // group's lanes at its last access (any order sums integers exactly), the first lane's write.
+    const int64_t warps = static_cast<int64_t>(p.grid_x) * (kThreads / 32);
+    const int64_t accesses = p.rounds * p.packs_per_lane;
+    for (int64_t w = 0; w < warps; ++w)
+      for (int64_t item = w; item < p.items; item += warps) {
+        std::vector<int64_t> acc(32, 0);
+        for (int64_t t = 0; t < accesses; ++t) {
+          for (int lane = 0; lane < 32; ++lane) {
+            const GroupsAccess at = groups_access(p, item, lane, t);
+            if (at.valid)
+              for (int v = 0; v < p.vec; ++v) acc[lane] += term(at.offset + v);
+          }
+          if (!groups_last_access(p, t)) continue;
+          for (int first = 0; first < 32; first += p.lanes) {
+            int64_t sum = 0;
+            for (int lane = first; lane < first + p.lanes; ++lane) sum += acc[lane], acc[lane] = 0;
+            const GroupsAccess at = groups_access(p, item, first, t);
+            if (at.group < p.rows) put_grad(at.group, sum);
+            else ok &= sum == 0;
+          }
+        }
+      }
+  } else if (p.kind == KernelKind::kRows) {
     for (int64_t b = 0; b < p.grid_x; ++b) {
       int64_t total = 0;
       for (int64_t item = b; item < p.items; item += p.grid_x) {
@@ -228,10 +276,14 @@ void test_plans() {
   EXPECT(!a.final && a.partial_outer == 8 && a.partial_inner == 2 && a.partials() == 8 * 64 * 2);
   EXPECT(a.grid_x == kGridBlocks);  // 1024 items
   expect_rows_cover(nchw, a);
-  // Rows that straddle a 16-byte pack (7x7 maps in bfloat16... 49 elements): element by element.
+  // Rows that straddle a 16-byte pack (7x7 maps in bfloat16: 49 elements; runs of 513):
+  // element by element.
   const Plan odd = make_plan(Layout{1, 32, 49}, 2, true, true);
-  EXPECT(odd.vec == 1);
-  expect_rows_cover(Layout{1, 32, 49}, odd);
+  EXPECT(odd.vec == 1 && odd.kind == KernelKind::kGroups);
+  expect_groups_cover(Layout{1, 32, 49}, odd);
+  const Plan odd_rows = make_plan(Layout{2, 8, 513}, 2, true, true);
+  EXPECT(odd_rows.vec == 1 && odd_rows.kind == KernelKind::kRows);
+  expect_rows_cover(Layout{2, 8, 513}, odd_rows);
 
   // channels_last activation on axis 1 (memory [N*H*W, C]): the cols kernel. 25088 rows in
   // bands of 32: 784 blocks, a band each.
@@ -267,6 +319,37 @@ void test_plans() {
   EXPECT(dw.kind == KernelKind::kCols && dw.grid_x == 1 && dw.block_cols == 1008 && dw.grid_y == 5 && dw.final);
   expect_cols_cover(depthwise, dw, true);
 
+  // Per-group steps ([numel / G, G] rows, outer == 1): the groups kernel, one launch.
+  // Groups of 128 float32: a warp per group (32 lanes of one 16-byte pack), 2 groups per
+  // item in the backward (two packs in flight), 4 in the forward; a 4096x4096 weight's
+  // 131072 groups fill kGridBlocks blocks.
+  const Layout g128{1, 131072, 128};
+  const Plan gb = make_plan(g128, 4, true, true);
+  EXPECT(gb.kind == KernelKind::kGroups && gb.vec == 4 && gb.lanes == 32 && gb.packs_per_lane == 1);
+  EXPECT(gb.rounds == 2 && gb.items == 65536 && gb.grid_x == kGridBlocks && gb.final && launches(gb, true) == 1);
+  EXPECT(make_plan(g128, 4, true, false).rounds == 4);
+  // Groups of 32 bfloat16: 4 lanes of 8 elements, 8 groups to a warp.
+  const Plan g32 = make_plan(Layout{1, 4096, 32}, 2, true, true);
+  EXPECT(g32.kind == KernelKind::kGroups && g32.vec == 8 && g32.lanes == 4 && g32.rounds == 1 && g32.items == 512);
+  // Groups of 256 float32: 2 packs per lane; unaligned: 1 element a pack, 4 packs per lane.
+  EXPECT(make_plan(Layout{1, 64, 256}, 4, true, true).packs_per_lane == 2);
+  const Plan gu = make_plan(Layout{1, 64, 128}, 4, false, true);
+  EXPECT(gu.vec == 1 && gu.lanes == 32 && gu.packs_per_lane == 4 && gu.rounds == 1);
+  // Groups of 48 (not a power of two): 12 packs on 16 lanes, 4 of them idle.
+  const Plan g48 = make_plan(Layout{1, 1000, 48}, 4, true, true);
+  EXPECT(g48.lanes == 16 && g48.packs == 12);
+  for (const Layout& l : {g128, Layout{1, 4096, 32}, Layout{1, 64, 256}, Layout{1, 64, 128}, Layout{1, 1000, 48}})
+    for (int elem : kElemSizes)
+      for (bool aligned : {true, false})
+        for (bool backward : {true, false}) {
+          const Plan p = make_plan(l, elem, aligned, backward);
+          if (l.inner * elem < kGroupsMaxRowBytes) EXPECT(p.kind == KernelKind::kGroups);
+          if (p.kind == KernelKind::kGroups) expect_groups_cover(l, p);
+          EXPECT(emulated_sums_match(l, p));
+        }
+  // A whole row of 1024 float32 (4 KB) is the rows kernel's, as before.
+  EXPECT(make_plan(Layout{1, 64, 1024}, 4, true, true).kind == KernelKind::kRows);
+
   // Random layouts: every element covered once, with its channel.
   std::mt19937 rng(1234);
   for (int trial = 0; trial < 200; ++trial) {
@@ -277,6 +360,7 @@ void test_plans() {
     const Plan p = make_plan(l, elem, trial % 5 != 0, backward);
     EXPECT(p.grid_x >= 1 && p.grid_y >= 1);
     if (p.kind == KernelKind::kRows) expect_rows_cover(l, p);
+    else if (p.kind == KernelKind::kGroups) expect_groups_cover(l, p);
     else expect_cols_cover(l, p, backward);
   }
 }
@@ -304,7 +388,7 @@ struct Case {
 // rows fit one block.
 void test_small_tensors_launch_once() {
   const Case weights[] = {
-      {"conv 3x3 64->64", layout_of({64, 64, 3, 3}, 0)},     // rows of 576: rows kernel, whole rows
+      {"conv 3x3 64->64", layout_of({64, 64, 3, 3}, 0)},     // rows of 576: groups kernel (rows kernel in float64)
       {"stem 7x7 3->64", layout_of({64, 3, 7, 7}, 0)},       // rows of 147, element by element
       {"conv 3x3 512->512", layout_of({512, 512, 3, 3}, 0)},  // 2.4M elements, rows of 4608
       {"linear 4096x16384", Layout{1, 64, 16384}},            // kWholeRowMax (64 of its 4096 rows)
