@@ -9,6 +9,7 @@
 #   bench.json, bench.md, bench.log   sizes 4K-256M, float32 and bfloat16, fwd and fwd+bwd:
 #                   lsq_fast's backends (auto, cuda, triton) and torch's learnable op, with the
 #                   measured copy ceiling (no torch.compile provider: its compiles would eat the call)
+#   llm.json, llm.md, llm.log   the llm suite (per-group LLM weights), lsq_fast's backends, fwd+bwd
 #
 # With the device tool, from the repository root (its $OUT is absolute; the tree has no .git):
 #   run(command="LSQ_FAST_COMMIT=<hash> bash benchmarks/gpu_check.sh", timeout_s=600)
@@ -65,10 +66,19 @@ record tests "$rc" $((SECONDS - t)) "pytest -m gpu"
 [ "$rc" -ne 0 ] && failed=1
 
 t=$SECONDS
-budget=$(left 10)
+budget=$(left 70)
 bench bench "$budget" --suite sizes --max-size 256M --dtype float32 bfloat16 --modes fwd fwd+bwd \
     --providers lsq_fast lsq_fast:cuda lsq_fast:triton torch_learnable
 rc=$?
 record bench "$rc" $((SECONDS - t)) "sizes 4K-256M, float32 and bfloat16, fwd and fwd+bwd (at most $budget s)"
+[ "$rc" -ne 0 ] && failed=1
+
+# Per-group steps (issue 17's GPU target: 85% of copy on the large shapes): the Llama-3-8B
+# block's weights, lsq_fast's backends only (no compiles).
+t=$SECONDS
+budget=$(left 10)
+bench llm "$budget" --suite llm --dtype bfloat16 float32 --modes fwd+bwd --providers lsq_fast lsq_fast:cuda lsq_fast:triton
+rc=$?
+record llm "$rc" $((SECONDS - t)) "llm suite, per-group steps, bfloat16 and float32, fwd+bwd (at most $budget s)"
 [ "$rc" -ne 0 ] && failed=1
 finish "$failed"
