@@ -13,7 +13,7 @@ from . import ops  # noqa: I001  (first: loads the compiled ops the rest dispatc
 from . import reference
 from .nn import (
     LSQPlusQuantizer, LSQQuantizer, QILQuantizer, QuantConfig, QuantConv2d, QuantEmbedding, QuantLinear,
-    fully_shard_quantizers,
+    fully_shard_quantizers, load_full_state_dict,
 )
 from .ops import (
     available_backends, cpu_isa, default_grad_scale, lsq_plus_quantize, lsq_quantize, qil_quantize_activation,
@@ -38,6 +38,7 @@ __all__ = [
     "QuantConfig",
     "quantize_model",
     "fully_shard_quantizers",
+    "load_full_state_dict",
     "QuantizationSummary",
     "qrange",
     "default_grad_scale",

@@ -132,9 +132,7 @@ def whole_state(net: torch.nn.Module) -> dict:
 def load_whole_state(net: torch.nn.Module, state: dict) -> None:
     """Loads a state dict of whole tensors (one process's), into the shards under FSDP2."""
     if _is_fsdp(net):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        set_model_state_dict(net, state, options=StateDictOptions(full_state_dict=True))
+        lsq_fast.load_full_state_dict(net, state)
     else:
         net.load_state_dict(state)
 

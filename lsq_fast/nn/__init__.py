@@ -8,11 +8,11 @@
     layers.py               QuantConv2d, QuantLinear, QuantEmbedding
     positive.py             the optimizer post-step clamp that keeps steps positive
     distributed.py          the data-parallel world, the all-reduces of the initial statistics, sharded writes
-    fsdp.py                 fully_shard_quantizers: the quantizers under FSDP2
+    fsdp.py                 fully_shard_quantizers: the quantizers under FSDP2; load_full_state_dict
 """
 
 from .config import QuantConfig
-from .fsdp import fully_shard_quantizers
+from .fsdp import fully_shard_quantizers, load_full_state_dict
 from .layers import QuantConv2d, QuantEmbedding, QuantLinear
 from .lsq_plus_quantizer import LSQPlusQuantizer
 from .lsq_quantizer import LSQQuantizer
@@ -20,4 +20,4 @@ from .qil_quantizer import QILQuantizer
 from .quantizer import LearnedQuantizer
 
 __all__ = ["QuantConfig", "QuantConv2d", "QuantLinear", "QuantEmbedding", "LSQQuantizer", "LSQPlusQuantizer", "QILQuantizer",
-           "LearnedQuantizer", "fully_shard_quantizers"]
+           "LearnedQuantizer", "fully_shard_quantizers", "load_full_state_dict"]

@@ -112,3 +112,37 @@ def _initialize_layer_on_shards(layer: nn.Module, args: tuple) -> None:
         inputs._first_batch(inputs._autocast_input(args[0]))
     if not weights._initialized:
         weights._first_batch(weights._autocast_input(layer.weight))
+
+
+
+def load_full_state_dict(module: nn.Module, state: dict) -> None:
+    """Loads a whole-tensor state dict (one process's ``model.state_dict()``, or torch's
+    ``get_model_state_dict(..., full_state_dict=True)``) into a model sharded by FSDP2, tied
+    weights and shared quantizers included, on every rank.
+
+    torch's ``set_model_state_dict(..., full_state_dict=True)`` distributes each tensor once,
+    under its first name, then fails copying a second name's plain tensor into the DTensor
+    shard: a tied model's shared quantizer (an embedding's, shared with the output head) is
+    ``embed.weight_quantizer`` and ``head.weight_quantizer``. Here the second names are left
+    out of the load (both names hold the same tensors) and every other key must match, as a
+    strict load: a key the model lacks, or one of its first names the state lacks, is a
+    KeyError naming them."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    firsts = _first_names(module)
+    expected = set(module.state_dict().keys())
+    unexpected = sorted(set(state) - expected)
+    missing = sorted(firsts & expected - set(state))
+    if unexpected or missing:
+        raise KeyError(f"lsq_fast: the state dict does not fit the model: unexpected keys {unexpected[:8]}, "
+                       f"missing keys {missing[:8]}")
+    set_model_state_dict(module, {k: v for k, v in state.items() if k in firsts},
+                         options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def _first_names(module: nn.Module) -> set[str]:
+    """The state-dict keys of each parameter, buffer and extra state under its first name only
+    (named_modules and named_parameters skip a shared module's or tied tensor's second names)."""
+    firsts = {name for name, _ in module.named_parameters()} | {name for name, _ in module.named_buffers()}
+    suffix = torch.nn.modules.module._EXTRA_STATE_KEY_SUFFIX
+    return firsts | {f"{name}.{suffix}" if name else suffix for name, _ in module.named_modules()}
