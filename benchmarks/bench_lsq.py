@@ -462,8 +462,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--keep-freed-memory",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="raise glibc's mmap/trim thresholds so that freed tensor memory is reused rather than "
-        "page-faulted in again on every call (default: on)",
+        help="serve every tensor from glibc's heap and never trim it, so that freed tensor memory is reused "
+        "rather than page-faulted in again on every call (default: on)",
     )
     args = p.parse_args(argv)
     if args.rounds < 1:

@@ -24,8 +24,8 @@ def keep_freed_memory() -> bool:
 
     By default glibc serves allocations of a few MB with fresh mmap()s, or trims the heap once
     they are freed, so every call page-faults its outputs and temporaries in again; interleaving
-    providers makes that churn worse and the timings bimodal. Raising the mmap and trim
-    thresholds keeps the pages, as jemalloc/tcmalloc would. On by default: without it, medians
+    providers makes that churn worse and the timings bimodal. Serving every allocation from the
+    heap and never trimming it keeps the pages, as jemalloc/tcmalloc would. On by default: without it, medians
     of the same build swing by up to 5x from run to run on a small VM. It lowers eager
     PyTorch's times most (it allocates most); --no-keep-freed-memory measures glibc as it comes.
     """

@@ -37,6 +37,7 @@ import torch
 import bench_lsq
 import bench_qat
 import report
+from cases import SUITES
 
 # LSQ's relatives that `make bench` also times, on the main suite in float32 (family.*).
 FAMILY = ["lsq-arctan", "lsq+", "qil"]
@@ -112,7 +113,8 @@ def llm_verdicts(rows: list[dict], device_type: str) -> list[str]:
     """The llm suite against LLM_TARGETS: per dtype and compiled peer, the smallest fwd+bwd
     speed-up over the group-128 shapes; per dtype, the smallest share of copy on the large ones."""
     lines = []
-    g128 = [r for r in rows if r["mode"] == "fwd+bwd" and "." not in r["case"]]  # q_proj.g32 etc. are other groups
+    g128_cases = {c.name for c in SUITES["llm"] if c.group_size == 128}
+    g128 = [r for r in rows if r["mode"] == "fwd+bwd" and r["case"] in g128_cases]
     for dtype, target in LLM_TARGETS.items():
         for peer in LLM_PEERS:
             speedups = {r["case"]: r["speedup"] for r in g128

@@ -54,12 +54,15 @@ void check_step_values(const at::Tensor& math_step) {
   });
 }
 
+// The kernels' parameter arrays: tensors in the math type, one pointer each (an undefined
+// tensor passes a null array, which reads as ones).
 std::vector<const void*> raw_params(const std::vector<at::Tensor>& params) {
   std::vector<const void*> raw;
   for (const at::Tensor& p : params) raw.push_back(p.defined() ? p.const_data_ptr() : nullptr);
   return raw;
 }
 
+// The kernels over a dense x.
 at::Tensor run_forward(const cpu::MethodArgs& args, const at::Tensor& x, const std::vector<at::Tensor>& params,
                        std::optional<int64_t> axis) {
   const at::Tensor xd = dense(x);
@@ -85,28 +88,22 @@ std::pair<at::Tensor, at::Tensor> run_backward(const cpu::MethodArgs& args, cons
   return {grad_x, sums};
 }
 
-// A parameter's gradient, like `param` in shape and dtype: g times sums[first + c], or 0 where
-// `step` (when given) is below the floor (the clamp passes no gradient where it acts).
+// A parameter's gradient, like `param` in shape and dtype: g * sums[first + c], computed in the
+// math type (math_step's), and 0 where `zero_below_floor` and the step is below the floor or
+// NaN: like torch.clamp_min, the clamp passes no gradient where it acted.
 at::Tensor scaled_gradient(const at::Tensor& sums, int64_t first, double g, const at::Tensor& param,
-                           const at::Tensor* math_step = nullptr) {
+                           const at::Tensor& math_step, bool zero_below_floor) {
   const int64_t n = param.numel();
   const double* sum = sums.const_data_ptr<double>() + first;
-  const auto math = math_step != nullptr ? math_step->scalar_type() : param.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor out = at::empty({n}, param.options().dtype(math));
-  const auto fill = [&](auto* o, const auto* s) {
+  at::Tensor out = at::empty({n}, math_step.options());
+  with_math_data(math_step, [&](const auto* step) {
+    using M = std::remove_const_t<std::remove_pointer_t<decltype(step)>>;
+    M* o = out.mutable_data_ptr<M>();
     at::parallel_for(0, n, kParamGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        const double v = s == nullptr || s[c] >= cpu::kStepFloor ? g * sum[c] : 0.0;
-        o[c] = static_cast<std::remove_pointer_t<decltype(o)>>(v);
-      }
+      for (int64_t c = begin; c < end; ++c)
+        o[c] = static_cast<M>(!zero_below_floor || step[c] >= cpu::kStepFloor ? g * sum[c] : 0.0);
     });
-  };
-  const auto with_out = [&](const auto* s) {
-    if (math == at::kDouble) fill(out.mutable_data_ptr<double>(), s);
-    else fill(out.mutable_data_ptr<float>(), s);
-  };
-  if (math_step == nullptr) with_out(static_cast<const float*>(nullptr));
-  else with_math_data(*math_step, with_out);
+  });
   return out.to(param.scalar_type()).view(param.sizes());
 }
 
@@ -142,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor> lsq_backward_cpu(const at::Tensor& grad_y, co
   const int64_t channels = step.numel();
   auto [grad_x, sums] = run_backward(lsq_args(cpu::Method::kLsq, qmin, qmax, soft_round_k), grad_y, x, {s}, axis, channels);
   const double g = grad_scale_or_default(grad_scale, x.numel(), channels, qmax);
-  return {grad_x, scaled_gradient(sums, 0, g, step, &s)};
+  return {grad_x, scaled_gradient(sums, 0, g, step, s, true)};
 }
 
 // ---- LSQ+ ------------------------------------------------------------------------------------
@@ -168,7 +165,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lsq_plus_backward_cpu(
   auto [grad_x, sums] = run_backward(lsq_args(cpu::Method::kLsqPlus, qmin, qmax, std::nullopt), grad_y, x,
                                      {s, step_for_math(offset, x)}, axis, channels);
   const double g = grad_scale_or_default(grad_scale, x.numel(), channels, qmax);
-  return {grad_x, scaled_gradient(sums, 0, g, step, &s), scaled_gradient(sums, channels, g, offset)};
+  return {grad_x, scaled_gradient(sums, 0, g, step, s, true), scaled_gradient(sums, channels, g, offset, s, false)};
 }
 
 // ---- QIL -------------------------------------------------------------------------------------

@@ -311,11 +311,11 @@ inline Plan groups_plan(const Layout& l, int elem_size, bool aligned, bool backw
 // 65535 column blocks) has grid_y == 0, which the caller reports.
 inline Plan make_plan(const Layout& l, int elem_size, bool aligned, bool backward) {
   if (l.channels == 1) return plan_detail::rows_plan(l, elem_size, aligned, backward);
-  // A weight (outer == 1) keeps rows down to a warp's width: one item per row is its channel's
-  // whole sum, so the backward is one launch.
   // Per-group steps and short weight rows: a few lanes per group, one launch.
   if (l.outer == 1 && l.inner >= kMinWeightRow && l.inner * elem_size < kGroupsMaxRowBytes)
     return plan_detail::groups_plan(l, elem_size, aligned, backward);
+  // A weight (outer == 1) keeps rows down to a warp's width: one item per row is its channel's
+  // whole sum, so the backward is one launch.
   if (l.inner >= kMinRowRun || (l.outer == 1 && l.inner >= kMinWeightRow)) {
     // A small activation whose channels span several runs (NCHW, N > 1) would need the
     // combine in the rows kernel; the cols kernel, one block down each column, finishes it

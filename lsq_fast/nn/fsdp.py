@@ -114,7 +114,6 @@ def _initialize_layer_on_shards(layer: nn.Module, args: tuple) -> None:
         weights._first_batch(weights._autocast_input(layer.weight))
 
 
-
 def load_full_state_dict(module: nn.Module, state: dict) -> None:
     """Loads a whole-tensor state dict (one process's ``model.state_dict()``, or torch's
     ``get_model_state_dict(..., full_state_dict=True)``) into a model sharded by FSDP2, tied
