@@ -11,6 +11,8 @@ NUMPY_SPEC ?= numpy<2.4
 # Peers the benchmark times beside lsq_fast (setup.py's `peers` extra), on the same pip line as
 # the torch pin so that they can never pull another torch.
 PEERS_SPEC ?= torchao==0.18.0
+# lsq_fast.export_onnx's dependencies (setup.py's `export` extra), for its tests in onnxruntime.
+EXPORT_SPEC ?= onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0
 SOURCES := setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*)
 INSTALLED := $(VENV)/.lsq_fast-installed
 JOBS ?= 2
@@ -42,8 +44,8 @@ $(PY):
 
 # Dependencies first (torch pinned), then lsq_fast itself against that torch.
 $(INSTALLED): $(PY) $(SOURCES)
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)" "$(TRITON_SPEC)" "$(NUMPY_SPEC)" "$(PEERS_SPEC)" ninja "pytest>=8" "pytest-benchmark>=4"
-	MAX_JOBS=$(JOBS) $(PY) -m pip install --quiet --no-build-isolation --no-deps -e ".[test,bench]"
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" "$(TRITON_SPEC)" "$(NUMPY_SPEC)" "$(PEERS_SPEC)" $(EXPORT_SPEC) ninja "pytest>=8" "pytest-benchmark>=4"
+	MAX_JOBS=$(JOBS) $(PY) -m pip install --quiet --no-build-isolation --no-deps -e ".[test,bench,export]"
 	@touch $@
 
 install: $(INSTALLED)

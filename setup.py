@@ -121,6 +121,8 @@ if __name__ == "__main__":
             # The benchmark's peers (bench_lsq.py's torchao providers); install beside a pinned
             # torch (pip install "torch==<yours>" ".[peers]"), or pip may pull another torch.
             "peers": ["torchao>=0.13"],
+            # lsq_fast.export_onnx, and its tests in onnxruntime (same advice: pin torch beside it)
+            "export": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
         },
         ext_modules=[extension()],
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

@@ -3,6 +3,7 @@
     lsq_fast.ops        the functional API (lsq_quantize, ...) and its dispatch to the backends
     lsq_fast.nn         the quantizer modules and the quantized layers
     lsq_fast.prepare    quantize_model: a float model to a quantization-aware one
+    lsq_fast.export     convert (integer weights), export_onnx (a QDQ graph)
     lsq_fast.reference  the quantizers in plain PyTorch: the oracle of every test
     docs/contract.md    the numerical contract every backend meets
 """
@@ -20,9 +21,12 @@ from .ops import (
     qil_quantize_weight, qrange,
 )
 from .prepare import QuantizationSummary, quantize_model
+from .nn.int_layers import FixedQILQuantizer, FixedQuantizer, IntConv2d, IntEmbedding, IntLinear, IntWeight
 from . import _compat
 
 _compat.install(sys.modules[__name__])
+from .export.convert import convert  # noqa: E402  (after the aliases: lsq_fast.convert is this function)
+from .export.onnx import export_onnx  # noqa: E402
 
 __all__ = [
     "lsq_quantize",
@@ -37,6 +41,14 @@ __all__ = [
     "QuantEmbedding",
     "QuantConfig",
     "quantize_model",
+    "convert",
+    "export_onnx",
+    "IntConv2d",
+    "IntLinear",
+    "IntEmbedding",
+    "IntWeight",
+    "FixedQuantizer",
+    "FixedQILQuantizer",
     "fully_shard_quantizers",
     "load_full_state_dict",
     "QuantizationSummary",

@@ -21,7 +21,6 @@ OLD_PATHS = {
     "layers": "nn.layers",
     "_positive_step": "nn.positive",
     "_distributed": "nn.distributed",
-    "convert": "prepare",
 }
 
 

@@ -180,7 +180,13 @@ def quantize_model(
 
     _share_tied_weight_quantizers(model, names, skip, replacements)
 
-    # Every place a layer appears: a module shared by two parents is replaced in both.
+    replace_modules(model, replacements)
+    return QuantizationSummary(tuple(rows), round_grad, float(k))
+
+
+def replace_modules(model: nn.Module, replacements: dict[int, nn.Module]) -> None:
+    """Puts replacements[id(m)] in every place a module m of `model` appears: a module shared
+    by two parents is replaced in both (quantize_model's and convert's swap)."""
     places = [
         (parent, child_name, replacements[id(child)])
         for _, parent in model.named_modules(remove_duplicate=False)
@@ -189,7 +195,6 @@ def quantize_model(
     ]
     for parent, child_name, replacement in places:
         setattr(parent, child_name, replacement)
-    return QuantizationSummary(tuple(rows), round_grad, float(k))
 
 
 def _bits(bits: int | None) -> str:

@@ -27,6 +27,11 @@ GRAD_REL = 1e-5  # the contract's bound on a parameter gradient, relative to the
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def grids() -> list[tuple[int, bool]]:
+    """Every (bits, signed) the contract admits: 1..8 unsigned, 2..8 signed."""
+    return [(bits, signed) for bits in range(1, 9) for signed in (False, True) if bits >= 2 or not signed]
+
+
 def make_step(channels: int, dtype=torch.float32, power_of_two: bool = False) -> torch.Tensor:
     """Positive steps; powers of two make x / step exact, so ties and clip points are exact."""
     if power_of_two:

@@ -15,6 +15,7 @@ import lsq_fast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+import bench_convert  # noqa: E402
 import bench_cpu_groups  # noqa: E402
 import bench_fsdp  # noqa: E402
 import bench_lsq  # noqa: E402
@@ -169,3 +170,16 @@ def test_training_step_benchmark_and_summary(tmp_path):
     assert all(r.peak_mb > 0 and r.samples_per_s > 0 and r.unit == "images" for r in rows)
     lines = bench_run.qat_verdict([r.__dict__ for r in rows], "cpu")
     assert lines[0].startswith("- QAT overhead over float: lsq_fast")
+
+
+def test_convert_benchmark_measures_sizes():
+    def tiny():
+        model = bench_convert.Llama()
+        tokens, _ = bench_convert.token_task()
+        options = dict(weight_bits=4, act_bits=None, first_last_bits=None, weight_group_size=32,
+                       quantize_embeddings=True)
+        return model, options, (tokens,), "tiny"
+
+    row = bench_convert.measure(tiny)
+    assert row["bit_exact"] and row["converted"] < 0.3 * row["float"] < 0.3 * row["quantized"]
+    assert "| tiny |" in bench_convert.table([row])

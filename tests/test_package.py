@@ -81,11 +81,12 @@ def test_old_module_paths_are_aliases(old, new):
 
 
 def test_old_names_still_import():
-    from lsq_fast.convert import quantize_model
     from lsq_fast.layers import QuantConv2d as OldConv
+    from lsq_fast.prepare import quantize_model
     from lsq_fast.quantizer import LearnedQuantizer, LSQQuantizer
 
     assert quantize_model is lsq_fast.quantize_model and OldConv is QuantConv2d
+    assert lsq_fast.convert is lsq_fast.export.convert.convert  # the convert step, no longer quantize_model's module
     assert LSQQuantizer is lsq_fast.LSQQuantizer and issubclass(LSQQuantizer, LearnedQuantizer)
     assert lsq_fast.backends.lsq_ops("cpu") == quantizer_ops("lsq", "cpu")
     assert lsq_fast.lsq.lsq_quantize is lsq_fast.lsq_quantize
