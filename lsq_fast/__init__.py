@@ -3,6 +3,7 @@
     lsq_fast.ops        the functional API (lsq_quantize, ...) and its dispatch to the backends
     lsq_fast.nn         the quantizer modules and the quantized layers
     lsq_fast.prepare    quantize_model: a float model to a quantization-aware one
+    lsq_fast.training   calibrate, param_groups (for the optimizer), steps_at_floor
     lsq_fast.export     convert (integer weights), export_onnx (a QDQ graph)
     lsq_fast.reference  the quantizers in plain PyTorch: the oracle of every test
     docs/contract.md    the numerical contract every backend meets
@@ -21,6 +22,7 @@ from .ops import (
     qil_quantize_weight, qrange,
 )
 from .prepare import QuantizationSummary, quantize_model
+from .training import calibrate, param_groups, steps_at_floor
 from .nn.int_layers import FixedQILQuantizer, FixedQuantizer, IntConv2d, IntEmbedding, IntLinear, IntWeight
 from . import _compat
 
@@ -41,6 +43,9 @@ __all__ = [
     "QuantEmbedding",
     "QuantConfig",
     "quantize_model",
+    "calibrate",
+    "param_groups",
+    "steps_at_floor",
     "convert",
     "export_onnx",
     "IntConv2d",

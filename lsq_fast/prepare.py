@@ -90,6 +90,7 @@ def quantize_model(
     k: float = 5.0,
     weight_group_size: int | None = None,
     quantize_embeddings: bool = False,
+    grad_scale: float | None = None,
 ) -> QuantizationSummary:
     """Replaces, in place, every nn.Conv2d and nn.Linear of `model` by QuantConv2d/QuantLinear.
 
@@ -127,6 +128,9 @@ def quantize_model(
     quantize_embeddings) is a ValueError, rather than a weight that is quantized in one use
     and float in the other.
 
+    `grad_scale`: every quantizer's gradient scale (None: LSQ's 1/sqrt(N * qmax); 1.0 turns
+    it off), for "lsq" and "lsq+".
+
     per_channel_weights=True with method "qil", act_signed=True with "qil", round_grad other
     than "ste" with a method other than "lsq", and weight_group_size with "qil", with a Conv2d
     or with a Linear whose input features it does not divide are ValueErrors.
@@ -135,7 +139,7 @@ def quantize_model(
     quantized layers is an error: quantizing twice would quantize a quantized weight.
     """
     config = QuantConfig(weight_bits, act_bits, per_channel_weights, act_signed, backend, method, round_grad, k,
-                         weight_group_size)
+                         weight_group_size, grad_scale)
     edge_config = config if first_last_bits is None else dataclasses.replace(
         config, weight_bits=first_last_bits, act_bits=None if act_bits is None else first_last_bits
     )

@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-from ..ops.args import qrange, soft_round_sharpness
+from ..ops.args import check_grad_scale, qrange, soft_round_sharpness
 from ..ops.backends import check_backend
 from .lsq_plus_quantizer import LSQPlusQuantizer
 from .lsq_quantizer import LSQQuantizer
@@ -34,6 +34,9 @@ class QuantConfig:
         backend: the kernels' backend, as in :func:`lsq_fast.lsq_quantize`.
         method: "lsq", "lsq+" or "qil": which quantizers (see ``LAYER_METHODS``).
         round_grad, k: for "lsq", the round's gradient: "ste" or LG-LSQ's "arctan" of sharpness k.
+        grad_scale: the learned parameters' gradient scale in every quantizer ("lsq" and
+            "lsq+"); None is LSQ's g = 1/sqrt(N * qmax), N the elements per step; 1.0 turns the
+            scaling off.
     """
 
     weight_bits: int = 4
@@ -45,6 +48,7 @@ class QuantConfig:
     round_grad: str = "ste"
     k: float = 5.0
     weight_group_size: int | None = None
+    grad_scale: float | None = None
 
     def __post_init__(self):
         if self.method not in LAYER_METHODS:
@@ -73,6 +77,9 @@ class QuantConfig:
             if not layer_method.per_group:
                 raise ValueError(f"lsq_fast: {layer_method.why_not_per_group}: weight_group_size needs method "
                                  f"{_having('per_group')}")
+        if check_grad_scale(self.grad_scale) is not None and not layer_method.grad_scale:
+            raise ValueError(f"lsq_fast: {layer_method.why_not_grad_scale}: grad_scale needs method "
+                             f"{_having('grad_scale')}, got method={self.method!r}")
         check_backend(self.backend)
         qrange(self.weight_bits, True)
         if self.act_bits is not None:
@@ -107,7 +114,7 @@ class QuantConfig:
 
 
 def _lsq_options(config: QuantConfig) -> dict:
-    return dict(round_grad=config.round_grad, k=config.k)
+    return dict(round_grad=config.round_grad, k=config.k, grad_scale=config.grad_scale)
 
 
 @dataclass(frozen=True)
@@ -123,9 +130,11 @@ class LayerMethod:
     per_channel: bool = True
     per_group: bool = True
     signed_inputs: bool = True
+    grad_scale: bool = True
     why_not_per_channel: str = ""
     why_not_per_group: str = ""
     why_not_signed_inputs: str = ""
+    why_not_grad_scale: str = ""
 
 
 LAYER_METHODS: dict[str, LayerMethod] = {
@@ -137,10 +146,11 @@ LAYER_METHODS: dict[str, LayerMethod] = {
     ),
     "lsq+": LayerMethod(
         weight=lambda c, o: (
-            LSQPlusQuantizer(c.weight_bits, False, role="weight", **o) if c.weight_group_size is not None
-            else LSQQuantizer(c.weight_bits, True, role="weight", init="lsq+", **o)
+            LSQPlusQuantizer(c.weight_bits, False, role="weight", grad_scale=c.grad_scale, **o)
+            if c.weight_group_size is not None
+            else LSQQuantizer(c.weight_bits, True, role="weight", init="lsq+", grad_scale=c.grad_scale, **o)
         ),
-        input=lambda c, o: LSQPlusQuantizer(c.act_bits, c.act_signed is True, **o),
+        input=lambda c, o: LSQPlusQuantizer(c.act_bits, c.act_signed is True, grad_scale=c.grad_scale, **o),
         description="weights: LSQ with LSQ+'s 3-sigma init, no offset (per-group: LSQ+, a step and an offset per "
         "group); inputs: LSQ+, a learned step and offset",
     ),
@@ -152,9 +162,11 @@ LAYER_METHODS: dict[str, LayerMethod] = {
         per_channel=False,
         per_group=False,
         signed_inputs=False,
+        grad_scale=False,
         why_not_per_channel="QIL learns one interval per layer",
         why_not_per_group="QIL learns one interval per layer",
         why_not_signed_inputs="QIL's activation quantizer is unsigned (it maps [0, max x] to [0, 1])",
+        why_not_grad_scale="QIL's interval gradients are unscaled (its paper has no g)",
     ),
 }
 
