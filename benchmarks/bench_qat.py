@@ -67,6 +67,7 @@ class QatRow:
     overhead_pct: Optional[float] = None  # over the float step; None for float itself
     model: str = "resnet18"
     unit: str = "images"
+    other_cpu: Optional[float] = None  # CPU share other processes took during the rounds
 
 
 def build(model_name: str, variant: str, device: torch.device, batch: int, size: int):
@@ -124,7 +125,7 @@ def run(device: torch.device, batch: int, size: int, amp_dtype: Optional[torch.d
     for name in variants:
         t, (_, samples, unit) = timings[name], built[name]
         row = QatRow(name, batch, dtype, t.median_s * 1e3, t.iqr_pct, samples / t.median_s, peaks[name] / 2**20,
-                     model=model, unit=unit)
+                     model=model, unit=unit, other_cpu=t.other_cpu)
         if name != "float" and "float" in timings:
             row.overhead_pct = 100.0 * (t.median_s / timings["float"].median_s - 1)
         rows.append(row)

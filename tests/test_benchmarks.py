@@ -183,3 +183,27 @@ def test_convert_benchmark_measures_sizes():
     row = bench_convert.measure(tiny)
     assert row["bit_exact"] and row["converted"] < 0.3 * row["float"] < 0.3 * row["quantized"]
     assert "| tiny |" in bench_convert.table([row])
+
+
+def test_verdicts_say_inconclusive_on_a_busy_machine_or_within_the_spread():
+    quiet, busy = dict(other_cpu=0.02, iqr_pct=2.0), dict(other_cpu=0.4, iqr_pct=2.0)
+    assert bench_run.verdict(1.8, 1.5, [quiet, quiet], "cmd") == ""
+    assert bench_run.verdict(1.2, 1.5, [quiet, quiet], "cmd") == " - NOT MET"
+    assert bench_run.verdict(0.3, 0.5, [quiet], "cmd", at_most=True) == ""
+    contended = bench_run.verdict(1.2, 1.5, [quiet, busy], "cmd")
+    assert contended.startswith(" - inconclusive: other processes used up to 40% of the CPU") and "cmd" in contended
+    close = bench_run.verdict(1.47, 1.5, [quiet, quiet], "cmd")
+    assert close.startswith(" - inconclusive: within the timings' spread (IQR 4%)")
+
+    def qat_row(variant, ms, overhead, other_cpu=0.0):
+        return dict(variant=variant, batch=8, dtype="float32", ms=ms, iqr_pct=1.0, samples_per_s=1.0, peak_mb=1.0,
+                    overhead_pct=overhead, other_cpu=other_cpu)
+
+    # the run that printed -66.5% and "NOT MET": a quantized step faster than float's is noise
+    lines = bench_run.qat_verdict([qat_row("float", 100, None), qat_row("lsq_fast", 33.5, -66.5),
+                                   qat_row("reference", 43.3, -56.7)], "cpu")
+    assert lines[-1].startswith("- inconclusive: lsq_fast and reference timed faster than float training")
+    assert not any("NOT MET" in line for line in lines)
+    lines = bench_run.qat_verdict([qat_row("float", 100, None), qat_row("lsq_fast", 110, 10.0),
+                                   qat_row("reference", 150, 50.0, other_cpu=0.3)], "cpu")
+    assert "inconclusive: other processes" in lines[-1]
