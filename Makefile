@@ -13,6 +13,8 @@ NUMPY_SPEC ?= numpy<2.4
 PEERS_SPEC ?= torchao==0.18.0
 # lsq_fast.export_onnx's dependencies (setup.py's `export` extra), for its tests in onnxruntime.
 EXPORT_SPEC ?= onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0
+# examples/qat_digits.py (setup.py's `examples` extra): the digits ship inside scikit-learn.
+EXAMPLES_SPEC ?= scikit-learn matplotlib
 SOURCES := setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*)
 INSTALLED := $(VENV)/.lsq_fast-installed
 JOBS ?= 2
@@ -44,8 +46,8 @@ $(PY):
 
 # Dependencies first (torch pinned), then lsq_fast itself against that torch.
 $(INSTALLED): $(PY) $(SOURCES)
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)" "$(TRITON_SPEC)" "$(NUMPY_SPEC)" "$(PEERS_SPEC)" $(EXPORT_SPEC) ninja "pytest>=8" "pytest-benchmark>=4"
-	MAX_JOBS=$(JOBS) $(PY) -m pip install --quiet --no-build-isolation --no-deps -e ".[test,bench,export]"
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" "$(TRITON_SPEC)" "$(NUMPY_SPEC)" "$(PEERS_SPEC)" $(EXPORT_SPEC) $(EXAMPLES_SPEC) ninja "pytest>=8" "pytest-benchmark>=4"
+	MAX_JOBS=$(JOBS) $(PY) -m pip install --quiet --no-build-isolation --no-deps -e ".[test,bench,export,examples]"
 	@touch $@
 
 install: $(INSTALLED)

@@ -123,6 +123,8 @@ if __name__ == "__main__":
             "peers": ["torchao>=0.13"],
             # lsq_fast.export_onnx, and its tests in onnxruntime (same advice: pin torch beside it)
             "export": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
+            # examples/qat_digits.py: sklearn's digits (they ship inside it) and its plot
+            "examples": ["scikit-learn>=1.3", "matplotlib>=3.7"],
         },
         ext_modules=[extension()],
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
