@@ -164,7 +164,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="a short run (the test's): 12 float and 6 QAT epochs")
     p.add_argument("--no-reference", dest="time_reference", action="store_false",
                    help="skip timing an epoch with the reference quantizer")
-    p.add_argument("--plot", type=Path, default=Path("qat_digits.png"), help="accuracy against bits ('' for none)")
+    p.add_argument("--plot", default="qat_digits.png", help="accuracy against bits ('' for none)")
     args = p.parse_args(argv)
     if args.quick:
         args.float_epochs, args.qat_epochs = 12, 6
@@ -175,7 +175,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     results = run(args)
     print(table(results))
-    if str(args.plot):
+    if args.plot:
         try:
             plot(results, args.plot)
             print(f"plot: {args.plot}")
