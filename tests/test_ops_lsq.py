@@ -155,6 +155,17 @@ def test_ties_round_half_to_even_and_strict_clip_points(impl):
     assert gx.tolist() == [1, 1, 1, 1, 1, 0, 0, 1, 1, 0, 0]
 
 
+def test_unsigned_clip_point_at_zero_keeps_the_references_sign(impl):
+    """u == -0.0 at qmin == 0 is not below the clip point: the reference keeps it, sign and all,
+    and so must the kernels' clip (a max(qmin, u) that returns u unless qmin is strictly larger)."""
+    step = torch.tensor([0.5])
+    x = torch.tensor([-0.0, 0.0, -1e-30, -0.2, -0.3, 1e-30, float("nan")])
+    y = lsq_fast.lsq_quantize(impl.put(x), impl.put(step), 3, signed=False, backend=impl.backend).cpu()
+    want = reference.lsq_quantize(x, step, 3, signed=False)
+    assert torch.equal(y.isnan(), want.isnan()) and torch.equal(y.nan_to_num(), want.nan_to_num())
+    assert torch.equal(torch.signbit(y), torch.signbit(want))
+
+
 def test_nan_and_inf_follow_the_reference(impl):
     step = torch.tensor([0.5])
     x = torch.tensor([float("nan"), float("inf"), -float("inf"), 1.0, -0.0])
