@@ -10,7 +10,9 @@ TRITON_SPEC ?= triton==3.6.0
 NUMPY_SPEC ?= numpy<2.4
 # Peers the benchmark times beside lsq_fast (setup.py's `peers` extra), on the same pip line as
 # the torch pin so that they can never pull another torch.
-PEERS_SPEC ?= torchao==0.18.0
+PEERS_SPEC ?= torchao==0.18.0 brevitas==0.13.4 nncf==3.4.0
+# The benchmarks' charts and progress bars (setup.py's `bench` extra).
+BENCH_SPEC ?= matplotlib tqdm
 # lsq_fast.export_onnx's dependencies (setup.py's `export` extra), for its tests in onnxruntime.
 EXPORT_SPEC ?= onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0
 # examples/qat_digits.py (setup.py's `examples` extra): the digits ship inside scikit-learn.
@@ -46,8 +48,8 @@ $(PY):
 
 # Dependencies first (torch pinned), then lsq_fast itself against that torch.
 $(INSTALLED): $(PY) $(SOURCES)
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)" "$(TRITON_SPEC)" "$(NUMPY_SPEC)" "$(PEERS_SPEC)" $(EXPORT_SPEC) $(EXAMPLES_SPEC) ninja "pytest>=8" "pytest-benchmark>=4"
-	MAX_JOBS=$(JOBS) $(PY) -m pip install --quiet --no-build-isolation --no-deps -e ".[test,bench,export,examples]"
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" "$(TRITON_SPEC)" "$(NUMPY_SPEC)" $(PEERS_SPEC) $(BENCH_SPEC) $(EXPORT_SPEC) $(EXAMPLES_SPEC) ninja "pytest>=8" "pytest-benchmark>=4"
+	MAX_JOBS=$(JOBS) $(PY) -m pip install --quiet --no-build-isolation --no-deps -e ".[test,bench,peers,export,examples]"
 	@touch $@
 
 install: $(INSTALLED)

@@ -117,10 +117,11 @@ if __name__ == "__main__":
         extras_require={
             "triton": ["triton>=3.2"],  # backend="triton"; CUDA builds of torch bring it
             "test": ["pytest>=8", "numpy<2.4"],  # numpy<2.4: Triton 3.6's CPU interpreter
-            "bench": ["pytest-benchmark>=4"],
-            # The benchmark's peers (bench_lsq.py's torchao providers); install beside a pinned
-            # torch (pip install "torch==<yours>" ".[peers]"), or pip may pull another torch.
-            "peers": ["torchao>=0.13"],
+            # the benchmarks' charts (matplotlib) and progress bars (tqdm)
+            "bench": ["pytest-benchmark>=4", "matplotlib>=3.7", "tqdm>=4.60"],
+            # The benchmark's peers (benchmarks/peers.py); install beside a pinned torch
+            # (pip install "torch==<yours>" ".[peers]"), or pip may pull another torch.
+            "peers": ["torchao>=0.13", "brevitas>=0.11", "nncf>=2.16"],
             # lsq_fast.export_onnx, and its tests in onnxruntime (same advice: pin torch beside it)
             "export": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
             # examples/qat_digits.py: sklearn's digits (they ship inside it) and its plot

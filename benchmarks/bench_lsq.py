@@ -22,10 +22,14 @@ with the case's bits/signed/axis/grad scale baked in):
   reference+compile  torch.compile of the reference, compiled once per case and dtype
   torch_learnable    torch._fake_quantize_learnable_per_{tensor,channel}_affine (float32 only;
                      for lsq and lsq+ only: its learned zero point plays LSQ+'s offset)
-  torchao            torchao's QAT IntxFakeQuantizer, PerGroup(G) with range_learning=True
-                     (lsq's per-group cases, the llm suite; when torchao is installed: the
-                     `peers` extra), eager; its scale is the case's step (quantizers.py)
+  torchao            torchao's QAT IntxFakeQuantizer with range_learning=True (lsq, signed grids)
   torchao+compile    the same under torch.compile, once per case and dtype
+  brevitas           Brevitas's IntQuant, the core of its learned-scale quantizers (lsq)
+  nncf               NNCF's symmetric (lsq) and asymmetric (lsq+) quantizers, its CPU extension
+                     The peers (benchmarks/peers.py) run when the `peers` extra is installed, each
+                     with the case's step in its own parameterisation; where their semantics differ
+                     from the contract, the tables say so, and "fwd ≠ reference" is the share of
+                     forward outputs off the reference's.
 
 Modes: "fwd" is f under torch.no_grad(); "bwd" is torch.autograd.grad to (x, *params) of an
 output computed once beforehand (the graph retained); "fwd+bwd" is f then torch.autograd.grad.
@@ -57,7 +61,8 @@ from env_info import environment, keep_freed_memory
 from peak_memory import peak_bytes
 from png_chart import line_chart
 from progress import Progress
-from quantizers import QUANTIZERS, QuantFn, Quantizer, torchao_available
+import peers
+from quantizers import QUANTIZERS, QuantFn, Quantizer
 from report import console_table, markdown_table, write, write_json
 from timing import Timing, interleaved_medians
 
@@ -132,20 +137,19 @@ def _dynamic_reference(fn: Callable) -> Callable:
     return _DYNAMIC_REFERENCE[fn]
 
 
-def build_torch_learnable(q: Quantizer, case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
-    return q.torch_learnable(case, inp) if q.torch_learnable is not None else None
+def build_peer(name: str) -> Callable[[Quantizer, Case, Inputs, Options], Optional[QuantFn]]:
+    """Another library's quantizer (quantizers.py's peers of q): eager, or under torch.compile
+    for "<name>+compile", compiled as the reference is (a fresh cache, static shapes)."""
+    peer, compiled = name.removesuffix("+compile"), name.endswith("+compile")
 
+    def build(q: Quantizer, case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
+        fn = q.peers[peer](case, inp) if peer in q.peers else None
+        if fn is None or not compiled:
+            return fn
+        torch._dynamo.reset()
+        return torch.compile(fn, dynamic=False)
 
-def build_torchao(q: Quantizer, case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
-    return q.torchao(case, inp) if q.torchao is not None else None
-
-
-def build_torchao_compiled(q: Quantizer, case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
-    fn = build_torchao(q, case, inp, opts)
-    if fn is None:
-        return None
-    torch._dynamo.reset()  # as build_reference_compiled: a fresh cache, static shapes
-    return torch.compile(fn, dynamic=False)
+    return build
 
 
 PROVIDERS = {
@@ -154,21 +158,21 @@ PROVIDERS = {
     "lsq_fast:triton": build_lsq_fast_backend("triton"),
     "reference": build_reference,
     "reference+compile": build_reference_compiled,
-    "torch_learnable": build_torch_learnable,
-    "torchao": build_torchao,
-    "torchao+compile": build_torchao_compiled,
+    **{name: build_peer(name) for name in ("torch_learnable", "torchao", "torchao+compile", "brevitas", "nncf")},
 }
+PEERS = [name for name in PROVIDERS if not name.startswith(("lsq_fast", "reference"))]
 
 
 def applies(provider: str, q: Quantizer, device: torch.device) -> bool:
     """Whether a provider exists for quantizer q on `device`: pinned lsq_fast backends the device
-    (or the quantizer) lacks, and torch_learnable for quantizers it does not compute, are left
-    out rather than reported as rows of "n/a"."""
+    (or the quantizer) lacks, and peers that do not compute the quantizer or are not installed,
+    are left out rather than reported as rows of "n/a"."""
     if provider.startswith("lsq_fast:"):
         return backend_applies(provider.split(":", 1)[1], q, device)
-    if provider.startswith("torchao"):
-        return q.torchao is not None and torchao_available()
-    return provider != "torch_learnable" or q.torch_learnable is not None
+    if provider in PEERS:
+        peer = provider.removesuffix("+compile")
+        return peer in q.peers and (peer == "torch_learnable" or peers.available(peer))
+    return True
 
 
 def rotation(inp: Inputs, device: torch.device) -> list[Inputs]:
@@ -347,15 +351,13 @@ def fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
 
 
 HEADER = ("quantizer", "case", "elements", "mode", "provider", "ms", "±IQR", "GB/s", "% of copy", "lsq_fast speed-up",
-          "peak MB")
+          "peak MB", "fwd ≠ reference")
 
 
 def table_lines(rows: list[Row], backend: str) -> list[tuple[str, ...]]:
     lines = []
     for r in rows:
         provider = r.provider if r.provider != "lsq_fast" else f"lsq_fast[{backend}]"
-        if r.mismatch:  # nonzero: flag it next to the name
-            provider += f" (!{100 * r.mismatch:.2g}% differ)"
         lines.append(
             (
                 r.quantizer,
@@ -369,9 +371,23 @@ def table_lines(rows: list[Row], backend: str) -> list[tuple[str, ...]]:
                 fmt(r.pct_of_copy, ".0f", "%"),
                 fmt(r.speedup, ".2f", "x") if r.speedup is not None else ("-" if r.ms is not None else "n/a"),
                 fmt(r.peak_mb, ".1f") if r.peak_mb is not None else "-",
+                agreement(r.mismatch),
             )
         )
     return lines
+
+
+def agreement(mismatch: Optional[float]) -> str:
+    """The share of forward outputs off the reference's: "0" where every one agrees."""
+    if mismatch is None:
+        return "n/a"
+    return "0" if mismatch == 0 else f"{100 * mismatch:.2g}%"
+
+
+def semantics_notes(rows: list[Row]) -> list[str]:
+    """Where the peers in these rows compute something other than the contract (peers.SEMANTICS)."""
+    present = dict.fromkeys(r.provider for r in rows if r.ms is not None and r.provider in peers.SEMANTICS)
+    return [f"{name}: {peers.SEMANTICS[name]}" for name in present]
 
 
 def print_table(rows: list[Row], backend: str) -> None:
@@ -419,6 +435,9 @@ def markdown(sections: list[tuple[str, list[Row], dict]], env: dict, args) -> st
     for title, rows, ceilings in sections:
         out += [f"## {title}", "", "copy ceiling: " + ", ".join(f"{c} {g:.0f} GB/s" for c, g in ceilings.items()), ""]
         out += markdown_table(HEADER, table_lines(rows, env["lsq_fast_backend"]))
+        notes = semantics_notes(rows)
+        if notes:
+            out += ["", "Where the peers' semantics differ from the contract:", ""] + [f"- {n}" for n in notes]
         totals = network_totals(rows)
         if any(r.count > 1 for r in rows) and totals:
             out += ["", "Per network step (each tensor's time x its count):", ""]
@@ -537,6 +556,8 @@ def main(argv=None) -> int:
             print_table(rows, env["lsq_fast_backend"])
             for (mode, provider), ms in sorted(network_totals(rows).items()) if any(r.count > 1 for r in rows) else ():
                 print(f"per network step, {mode} {provider}: {ms:.2f} ms")
+            for line in semantics_notes(rows):
+                print(f"semantics: {line}")
             for line in contention_warnings(rows, copy_other_cpu):
                 print(line)
             sys.stdout.flush()

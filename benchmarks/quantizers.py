@@ -13,9 +13,9 @@ each a fused lsq_fast op beside its plain-PyTorch reference, on the same tensors
 
 Each entry: its parameter maker (cases.ParamsMaker), the call on a case (the fused function, its
 reference and the arguments after (x, *params), the same for both), whether lsq_fast has CUDA
-C++ kernels for it (else backend "cuda" is left out), and PyTorch's learnable fake-quant op and
-torchao's QAT fake quantizer (per-group LSQ, when torchao is installed) as peers where they compute
-the same thing.
+C++ kernels for it (else backend "cuda" is left out), and its peers where they compute the same
+thing: PyTorch's learnable fake-quant op (here), torchao's, Brevitas's and NNCF's learned-scale
+quantizers (benchmarks/peers.py, when the `peers` extra is installed).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import torch
 
 import lsq_fast
+import peers
 from cases import Case, Inputs, ParamsMaker, lsq_params, per_step
 
 QuantFn = Callable[..., torch.Tensor]  # f(x, *params) -> y
@@ -49,13 +50,11 @@ class Quantizer:
     params: ParamsMaker
     call: Callable[[Case, Optional[float]], Call]  # (case, grad scale) -> Call
     cuda_kernels: bool = False  # lsq_fast has CUDA C++ kernels for it (backend "cuda")
-    # PyTorch's learnable fake-quant op as f(x, *params), or None where it cannot run the case
-    # (x not float32); a quantizer without the field has no such peer.
-    torch_learnable: Optional[Callable[[Case, Inputs], Optional[QuantFn]]] = None
     groups: bool = False  # takes per-group steps (the llm suite's cases)
-    # torchao's QAT fake quantizer with learned scales as f(x, *params), or None where it
-    # cannot run the case (per-group weights only); see torchao_per_group.
-    torchao: Optional[Callable[[Case, Inputs], Optional[QuantFn]]] = None
+    # Peers computing the same quantizer, by provider name (torch_learnable: PyTorch's learnable
+    # fake-quant op; torchao, brevitas, nncf: benchmarks/peers.py): each (case, inputs) ->
+    # f(x, *params), or None where the peer cannot run the case.
+    peers: dict[str, Callable[[Case, Inputs], Optional[QuantFn]]] = field(default_factory=dict)
 
 
 # --- LSQ and LG-LSQ's soft round
@@ -89,40 +88,6 @@ def lsq_learnable(case: Case, inp: Inputs) -> Optional[QuantFn]:
         return None
     zero_point = torch.zeros_like(inp.params[0])  # float32 zeros, not learned: LSQ has no offset
     return lambda x, step: op(x, step, zero_point)
-
-
-def torchao_available() -> bool:
-    try:
-        import torchao.quantization.qat  # noqa: F401
-    except Exception:  # noqa: BLE001 - not installed, or built for another torch
-        return False
-    return True
-
-
-def torchao_per_group(case: Case, inp: Inputs) -> Optional[QuantFn]:
-    """torchao's per-group fake quantizer with learned scales (its QAT prototype:
-    IntxFakeQuantizeConfig(int<bits>, PerGroup(G), symmetric, range_learning=True)) as
-    f(x, step): its scale is our step (a tensor the call's autograd reaches), its zero point 0,
-    so it computes LSQ's symmetric grid. It is plain autograd over eager ops, with no gradient
-    scale (its step gradient is 1/g times LSQ's) and a pass band of its own (grad_x may differ
-    at the clip points); the forward is the reference's (mismatch column)."""
-    if case.group_size is None or not case.signed or not torchao_available():
-        return None
-    from torchao.quantization.granularity import PerGroup
-    from torchao.quantization.qat import IntxFakeQuantizeConfig
-    from torchao.quantization.qat.fake_quantizer import IntxFakeQuantizer
-
-    config = IntxFakeQuantizeConfig(getattr(torch, f"int{case.bits}"), granularity=PerGroup(case.group_size),
-                                    is_symmetric=True, is_dynamic=False, range_learning=True)
-    quantizer = IntxFakeQuantizer(config)
-    quantizer._initialized = True  # what torchao.quantization.qat.initialize_fake_quantizers sets
-    zero_point = torch.zeros(inp.params[0].shape, dtype=torch.int32, device=inp.x.device)
-
-    def run(x, step):
-        quantizer.scale, quantizer.zero_point = step, zero_point
-        return quantizer(x)
-
-    return run
 
 
 # --- LSQ+
@@ -164,6 +129,10 @@ def lsq_plus_learnable(case: Case, inp: Inputs) -> Optional[QuantFn]:
     return lambda x, step, offset: op(x, step, -offset / step)
 
 
+def lsq_plus_nncf(case: Case, inp: Inputs) -> Optional[QuantFn]:
+    return peers.nncf_lsq_plus(case, inp, lsq_plus_signed(case))
+
+
 # --- QIL
 
 
@@ -188,11 +157,13 @@ def qil_call(case: Case, grad_scale: Optional[float]) -> Call:
 QUANTIZERS: dict[str, Quantizer] = {
     q.name: q
     for q in [
-        Quantizer("lsq", "LSQ", lsq_params, lsq_call(), cuda_kernels=True, torch_learnable=lsq_learnable,
-                  groups=True, torchao=torchao_per_group),
+        Quantizer("lsq", "LSQ", lsq_params, lsq_call(), cuda_kernels=True, groups=True,
+                  peers={"torch_learnable": lsq_learnable, "torchao": peers.torchao_lsq,
+                         "brevitas": peers.brevitas_lsq, "nncf": peers.nncf_lsq}),
         Quantizer("lsq-arctan", "LSQ, arctan round gradient", lsq_params, lsq_call(round_grad="arctan", k=5.0),
                   cuda_kernels=True, groups=True),
-        Quantizer("lsq+", "LSQ+", lsq_plus_params, lsq_plus_call, torch_learnable=lsq_plus_learnable, groups=True),
+        Quantizer("lsq+", "LSQ+", lsq_plus_params, lsq_plus_call, groups=True,
+                  peers={"torch_learnable": lsq_plus_learnable, "nncf": lsq_plus_nncf}),
         Quantizer("qil", "QIL", qil_params, qil_call),
     ]
 }

@@ -4,11 +4,14 @@
     .venv/bin/python benchmarks/run.py --gpu           # sized for a GPU (batch 32 tensors, 4K-64M, bf16 too)
     .venv/bin/python benchmarks/run.py --dtype float32 bfloat16 --providers lsq_fast reference --max-size 1M
 
-Runs benchmarks/bench_lsq.py on the ResNet-18 tensors and the size sweep, then
-benchmarks/bench_qat.py, then bench_lsq.py's main suite for LSQ's relatives, then the LLM parts
-(bench_lsq.py --suite llm, bench_qat.py --model llama), and writes to
---out (default benchmarks/results/local/):
-  kernels.json, kernels.md     every kernel row (time, GB/s, % of copy, speed-ups, peak memory)
+Runs benchmarks/bench_lsq.py on the main suite against every peer, on the ResNet-18 tensors
+and the size sweep, then benchmarks/bench_qat.py, then bench_lsq.py's main suite for LSQ's
+relatives, then the LLM parts (bench_lsq.py --suite llm, bench_qat.py --model llama), and writes
+to --out (default benchmarks/results/local/):
+  peers.json, peers.md         the main suite's two tensors, float32 and bfloat16, fwd+bwd: lsq_fast
+                               against every peer installed (torchao, Brevitas, NNCF: the `peers`
+                               extra; PyTorch's learnable op), with where their semantics differ
+  kernels.json, kernels.md     every kernel row of lsq_fast, the references and PyTorch's op (time, GB/s, % of copy, speed-ups, peak memory)
   kernels-stock-alloc.*        CPU: lsq_fast and the eager reference again, with glibc's allocator as it comes
   sizes-<dtype>-<mode>.png     GB/s against size per provider, with the measured copy ceiling
   qat.json, qat.md             the ResNet-18 training step: float, lsq_fast, reference quantizer
@@ -70,6 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--modes", nargs="+", choices=list(bench_lsq.MODES),
                    help="kernel modes (default: fwd fwd+bwd on CPU, all three on GPU)")
     p.add_argument("--qat-rounds", type=int, help="training-step timing rounds (default: 5 on CPU, 20 on GPU)")
+    p.add_argument("--skip-peers", action="store_true", help="leave out the main suite against every peer")
     p.add_argument("--skip-kernels", action="store_true")
     p.add_argument("--skip-qat", action="store_true")
     p.add_argument("--skip-family", action="store_true", help=f"leave out the main suite for {', '.join(FAMILY)}")
@@ -91,6 +95,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 CONTENDED = 0.1  # other processes' share of the machine's CPU above which a timing decides nothing
 RERUN = {
+    "peers": "python benchmarks/bench_lsq.py --suite main --dtype float32 bfloat16 --modes fwd+bwd --rounds 10",
     "kernels": "python benchmarks/run.py --skip-qat --skip-family --skip-llm",
     "llm": "python benchmarks/bench_lsq.py --suite llm --dtype bfloat16 float32 --modes fwd+bwd --rounds 10",
     "qat": "python benchmarks/bench_qat.py --rounds 10",
@@ -98,20 +103,27 @@ RERUN = {
 }
 
 
+def contended(rows: list[dict], rerun: str) -> str:
+    """" - inconclusive: ..." where other processes took more than CONTENDED of the CPU during
+    any of `rows`' rounds (a concurrent build slows a kernel several-fold, and not every
+    provider alike), else ""."""
+    busy = max((r.get("other_cpu") or 0.0 for r in rows), default=0.0)
+    if busy <= CONTENDED:
+        return ""
+    return f" - inconclusive: other processes used up to {100 * busy:.0f}% of the CPU while timing; rerun on a quiet machine: {rerun}"
+
+
 def verdict(value: float, target: float, rows: list[dict], rerun: str, *, at_most: bool = False,
             spread_rows: list[dict] | None = None) -> str:
     """The suffix of a target's line: "" (met), " - NOT MET", or " - inconclusive (why; rerun)".
 
-    Inconclusive when other processes took more than CONTENDED of the CPU during any of `rows`'
-    rounds (a concurrent build slows a kernel several-fold, and not every provider alike), or
-    when `value` is nearer the target than the spread of the rows that decide it
+    Inconclusive when the rows were contended (see contended), or when `value` is nearer the target than the spread of the rows that decide it
     (`spread_rows`, default `rows`): a ratio of two medians is uncertain by about the sum of
     their interquartile ranges.
     """
-    busy = max((r.get("other_cpu") or 0.0 for r in rows), default=0.0)
-    if busy > CONTENDED:
-        return (f" - inconclusive: other processes used up to {100 * busy:.0f}% of the CPU while timing; rerun on a "
-                f"quiet machine: {rerun}")
+    busy = contended(rows, rerun)
+    if busy:
+        return busy
     spread = sum(r.get("iqr_pct") or 0.0 for r in (rows if spread_rows is None else spread_rows))
     if 100 * abs(value / target - 1) < spread:
         return f" - inconclusive: within the timings' spread (IQR {spread:.0f}%); rerun with more rounds: {rerun}"
@@ -172,6 +184,21 @@ def llm_verdicts(rows: list[dict], device_type: str) -> list[str]:
     return lines
 
 
+def peer_lines(rows: list[dict]) -> list[str]:
+    """One line per peer: lsq_fast's fwd+bwd speed-up over it on each tensor and dtype, and the
+    share of its forward outputs off the reference's (facts, no targets; inconclusive where
+    other processes took the CPU)."""
+    lines = []
+    timed = [r for r in rows if r["mode"] == "fwd+bwd" and r["ms"] is not None]
+    for peer in dict.fromkeys(r["provider"] for r in timed if r["speedup"] is not None):
+        mine = [r for r in timed if r["provider"] == peer]
+        parts = [f"{r['case']} {r['dtype']} {r['speedup']:.2f}x (fwd ≠ reference {bench_lsq.agreement(r['mismatch'])})"
+                 for r in mine]
+        lines.append(f"- lsq_fast vs {peer}: " + "; ".join(parts)
+                     + contended([r for r in timed if r["provider"] in (peer, "lsq_fast")], RERUN["peers"]))
+    return lines
+
+
 def family_lines(rows: list[dict]) -> list[str]:
     """One line per quantizer: lsq_fast's fwd+bwd time per tensor and each peer's time as a
     multiple of it (facts, no targets)."""
@@ -224,15 +251,25 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out
     run_family = not args.skip_kernels and not args.skip_family
-    stale = ((["kernels*", "sizes-*.png"] if not args.skip_kernels else []) + (["qat.*"] if not args.skip_qat else [])
+    stale = ((["peers.*"] if not args.skip_peers else [])
+             + (["kernels*", "sizes-*.png"] if not args.skip_kernels else []) + (["qat.*"] if not args.skip_qat else [])
              + (["family.*"] if run_family else []) + (["llm.*", "llm-step.*"] if not args.skip_llm else []))
     for pattern in stale:  # a part that runs replaces all it wrote last time
         for path in out.glob(pattern):
             path.unlink()
+    if not args.skip_peers:
+        bench_lsq.main([
+            "--device", args.device, "--suite", "main", "--dtype", "float32", "bfloat16", "--providers", *args.providers,
+            "--modes", "fwd+bwd", "--rounds", str(args.rounds), "--json", str(out / "peers.json"),
+            "--markdown", str(out / "peers.md"),
+        ])
     if not args.skip_kernels:
+        # The other libraries' peers are timed on the main suite (above); here, the references
+        # and PyTorch's own op on every ResNet-18 tensor and size.
+        kernel_providers = [p for p in args.providers if p not in bench_lsq.PEERS or p == "torch_learnable"]
         bench_lsq.main([
             "--device", args.device, "--suite", "resnet18", "sizes", "--batch", str(args.batch),
-            "--max-size", str(args.max_size), "--dtype", *args.dtype, "--providers", *args.providers, "--modes", *args.modes,
+            "--max-size", str(args.max_size), "--dtype", *args.dtype, "--providers", *kernel_providers, "--modes", *args.modes,
             "--rounds", str(args.rounds), "--json", str(out / "kernels.json"), "--markdown", str(out / "kernels.md"),
             "--plot", str(out / "sizes"),
         ])
@@ -269,6 +306,11 @@ def main(argv=None) -> int:
 
     summary = ["# lsq_fast benchmark summary", ""]
     env = None
+    if not args.skip_peers and (out / "peers.json").exists():
+        peer_rows = json.loads((out / "peers.json").read_text())
+        env = peer_rows["environment"]
+        summary += ["## Peers (main suite, fwd+bwd)", "", *peer_lines(peer_rows["results"]), "",
+                    "Tables, and where each peer's semantics differ: [peers.md](peers.md)", ""]
     if (out / "kernels.json").exists() and not args.skip_kernels:
         kernels = json.loads((out / "kernels.json").read_text())
         env = kernels["environment"]

@@ -20,7 +20,7 @@ import bench_cpu_groups  # noqa: E402
 import bench_fsdp  # noqa: E402
 import bench_lsq  # noqa: E402
 import bench_qat  # noqa: E402
-import quantizers  # noqa: E402
+import peers  # noqa: E402
 import run as bench_run  # noqa: E402
 from peak_memory import peak_bytes  # noqa: E402
 from png_chart import line_chart  # noqa: E402
@@ -134,7 +134,7 @@ def test_kernel_benchmark_times_lsqs_relatives(tmp_path):
     assert "torch_learnable" in lines[1] and "reference" in lines[2]
 
 
-@pytest.mark.skipif(not quantizers.torchao_available(), reason="torchao is not installed (the peers extra)")
+@pytest.mark.skipif(not peers.available("torchao"), reason="torchao is not installed (the peers extra)")
 def test_llm_suite_times_torchao_per_group(tmp_path, monkeypatch):
     """torchao's per-group fake quantizer is a peer of per-group LSQ, eager and compiled, with
     the reference's forward (its scale is the case's step), and the summary's llm verdicts
