@@ -47,21 +47,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import math
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
+import charts
 import lsq_fast
+import peers
 from cases import SUITES, Case, Inputs, make_inputs, suite_cases  # benchmarks/ is on sys.path as a script
 from env_info import environment, keep_freed_memory
 from peak_memory import peak_bytes
-from png_chart import line_chart
-from progress import Progress
-import peers
 from quantizers import QUANTIZERS, QuantFn, Quantizer
 from report import console_table, markdown_table, write, write_json
 from timing import Timing, interleaved_medians
@@ -175,43 +172,25 @@ def applies(provider: str, q: Quantizer, device: torch.device) -> bool:
     return True
 
 
-def rotation(inp: Inputs, device: torch.device) -> list[Inputs]:
-    """Input sets that the timed calls cycle through. On a GPU a tensor that fits in L2 would
-    be timed from the cache if every call reused it, so there the sets are copies whose total
-    is twice the L2 size (at most 64 sets: below that size, launch latency rules anyway)."""
-    if device.type != "cuda":
-        return [inp]
-    l2 = torch.cuda.get_device_properties(device).L2_cache_size
-    count = min(64, max(1, math.ceil(2 * l2 / (2 * inp.x.nbytes))))
-    copies = [
-        dataclasses.replace(inp, x=inp.x.detach().clone().requires_grad_(), grad_y=inp.grad_y.clone())
-        for _ in range(count - 1)
-    ]
-    return [inp, *copies]
-
-
-def make_thunk(fn: QuantFn, mode: str, sets: list[Inputs]) -> Callable[[], object]:
-    """One timed call of fn in `mode`, on the next input set. autograd.grad rather than
-    backward(): nothing accumulates into .grad, so every call does the same work."""
-    turn = itertools.cycle(sets)
+def make_thunk(fn: QuantFn, mode: str, inp: Inputs) -> Callable[[], object]:
+    """One timed call of fn in `mode`. autograd.grad rather than backward(): nothing
+    accumulates into .grad, so every call does the same work. (On CUDA no call is timed from
+    the L2 cache: do_bench flushes it before each, see timing.py.)"""
     if mode == "fwd":
 
         def run():
-            inp = next(turn)
             with torch.no_grad():
                 return fn(inp.x, *inp.params)
 
     elif mode == "bwd":
-        outputs = itertools.cycle([(fn(inp.x, *inp.params), inp) for inp in sets])
+        y = fn(inp.x, *inp.params)
 
         def run():
-            y, inp = next(outputs)
             return torch.autograd.grad(y, (inp.x, *inp.params), inp.grad_y, retain_graph=True)
 
     else:
 
         def run():
-            inp = next(turn)
             return torch.autograd.grad(fn(inp.x, *inp.params), (inp.x, *inp.params), inp.grad_y)
 
     return run
@@ -251,19 +230,16 @@ class Row:
     quantizer: str = "lsq"  # benchmarks/quantizers.py
 
 
-def copy_ceiling(sets: list[Inputs], rounds: int) -> tuple[float, Optional[float]]:
-    """GB/s of y.copy_(x) into a preallocated y (one read and one write per element), cycling
-    through the same input sets as the providers, and the CPU share other processes took meanwhile."""
-    pairs = itertools.cycle([(inp.x.detach(), torch.empty_like(inp.x)) for inp in sets])
-
-    def copy():
-        src, dst = next(pairs)
-        return dst.copy_(src)
-
+def copy_ceiling(inp: Inputs, rounds: int) -> tuple[float, Optional[float]]:
+    """GB/s of y.copy_(x) into a preallocated y (one read and one write per element), and the
+    CPU share other processes took meanwhile."""
+    src = inp.x.detach()
+    dst = torch.empty_like(src)
     # A copy takes well under a millisecond: longer samples make the whole measurement last long
     # enough (a quarter second at 50 rounds) that one short hiccup cannot move the median.
-    timing = interleaved_medians({"copy": copy}, sets[0].x.device, rounds=rounds, warmup=10, min_sample_s=5e-3)["copy"]
-    return 2 * sets[0].x.nbytes / timing.median_s / 1e9, timing.other_cpu
+    timing = interleaved_medians({"copy": lambda: dst.copy_(src)}, src.device, rounds=rounds, warmup=10,
+                                 min_sample_s=5e-3)["copy"]
+    return 2 * src.nbytes / timing.median_s / 1e9, timing.other_cpu
 
 
 def runnable_providers(
@@ -297,17 +273,16 @@ def bench_case(case: Case, dtype_name: str, providers: list[str], device: torch.
     quantizer of the same tensor)."""
     q = QUANTIZERS[quantizer]
     inp = make_inputs(case, DTYPES[dtype_name], device, params=q.params)
-    sets = rotation(inp, device)
-    copy_gbps, copy_other_cpu = copy if copy is not None else copy_ceiling(sets, rounds)
+    copy_gbps, copy_other_cpu = copy if copy is not None else copy_ceiling(inp, rounds)
     runnable, mismatch = runnable_providers(q, case, inp, providers, opts)
 
     rows = []
     for mode in modes:
-        thunks = {name: make_thunk(fn, mode, sets) for name, fn in runnable.items()}
+        thunks = {name: make_thunk(fn, mode, inp) for name, fn in runnable.items()}
         timings = interleaved_medians(thunks, device, rounds=rounds)
         bytes_moved = ELEMENTS_MOVED[mode] * inp.x.numel() * inp.x.element_size()
         base = timings.get("lsq_fast")
-        peaks = {name: peak_bytes(make_thunk(fn, mode, [inp]), device) for name, fn in runnable.items()} \
+        peaks = {name: peak_bytes(make_thunk(fn, mode, inp), device) for name, fn in runnable.items()} \
             if mode == "fwd+bwd" else {}
         for name in providers:
             row = Row(dtype_name, case.name, mode, name, case.numel, case.count, mismatch=mismatch.get(name),
@@ -405,18 +380,18 @@ def network_totals(rows: list[Row]) -> dict[tuple[str, str], float]:
     return totals
 
 
-def size_chart(rows: list[Row], ceilings: dict[str, float], mode: str, where: str, quantizer: str = "lsq") -> bytes:
-    """PNG: GB/s against elements, a line per provider and the copy ceiling (dashed)."""
+def size_chart(rows: list[Row], ceilings: dict[str, float], mode: str, env: dict, dtype: str, path: str,
+               quantizer: str = "lsq") -> None:
+    """A PNG of GB/s against elements, a line per provider and the copy ceiling (charts.py)."""
     series: dict[str, list[tuple[float, float]]] = {}
     numel = {r.case: r.numel for r in rows}
     for r in rows:
         if r.mode == mode and r.gbps is not None:
             series.setdefault(r.provider, []).append((r.numel, r.gbps))
-    series["copy ceiling"] = [(numel[case], gbps) for case, gbps in ceilings.items()]
-    label = lambda n: f"{int(n) >> 20}M" if n >= 1 << 20 else f"{int(n) >> 10}K"  # noqa: E731
-    return line_chart(series, title=f"{QUANTIZERS[quantizer].title} {mode}: {where}",
-                      x_label="elements (per-tensor activation)",
-                      y_label="GB/s (contract bytes)", x_tick_label=label, dashed=("copy ceiling",))
+    charts.size_chart(series, [(numel[case], gbps) for case, gbps in ceilings.items()], path,
+                      title=f"{QUANTIZERS[quantizer].title} {mode}, {dtype}, per-tensor activation",
+                      subtitle=f"{env['device_name']} ({env['device']}), torch {env['torch']}, "
+                      f"commit {env['git_commit']}, {env['date'][:10]}")
 
 
 def markdown(sections: list[tuple[str, list[Row], dict]], env: dict, args) -> str:
@@ -444,6 +419,22 @@ def markdown(sections: list[tuple[str, list[Row], dict]], env: dict, args) -> st
             out += [f"- {mode} {provider}: {ms:.2f} ms" for (mode, provider), ms in sorted(totals.items())]
         out.append("")
     return "\n".join(out)
+
+
+class _NoProgress:
+    """What progress_bar returns without tqdm: the same calls, doing nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def progress_bar(total: int):
+    """A tqdm bar on stderr, shown only on a terminal (logs stay clean); none without tqdm."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoProgress()
+    return tqdm(total=total, disable=None, leave=False, unit="tensor", dynamic_ncols=True)
 
 
 def parse_size(text: str) -> int:
@@ -520,7 +511,7 @@ def main(argv=None) -> int:
     for suite in [suite for suite, cases in plan.items() if not cases]:
         print(f"note: no tensor of the {suite} suite is left by --cases and --max-size")
         del plan[suite]
-    progress = Progress(len(args.dtype) * sum(
+    progress = progress_bar(len(args.dtype) * sum(
         c.group_size is None or QUANTIZERS[q].groups for cases in plan.values() for c in cases for q in quantizers))
     for suite, cases in plan.items():
         for quantizer, dtype_name in itertools.product(quantizers, args.dtype):
@@ -532,7 +523,7 @@ def main(argv=None) -> int:
                 continue
             ceilings, copy_other_cpu, rows = {}, {}, []
             for case in q_cases:
-                progress.show(f"{suite} {quantizer} {dtype_name} {case.name}")
+                progress.set_description(f"{suite} {quantizer} {dtype_name} {case.name}")
                 key = (case.name, case.shape, dtype_name)
                 case_rows, ceilings[case.name], copy_other_cpu[case.name] = bench_case(
                     case, dtype_name, q_providers, device, args.rounds, opts, args.modes, quantizer,
@@ -542,7 +533,7 @@ def main(argv=None) -> int:
                 for row in case_rows:
                     row.suite = suite
                 rows += case_rows
-                progress.advance()
+                progress.update()
             progress.clear()
             copy_by_dtype.setdefault(dtype_name, {}).update(
                 {c: {"gbps": ceilings[c], "other_cpu": copy_other_cpu[c]} for c in ceilings}
@@ -563,15 +554,17 @@ def main(argv=None) -> int:
             sys.stdout.flush()
             sections.append((f"{suite}, {dtype_name}, {quantizer}", rows, ceilings))
             all_rows += rows
-            if args.plot and suite == "sizes":
+            if args.plot and suite == "sizes" and not charts.available():
+                print("note: matplotlib is not installed (the bench extra): no charts")
+            elif args.plot and suite == "sizes":
                 for mode in args.modes:
                     # LSQ's charts keep their names; the others' carry the quantizer's.
                     name = "" if quantizer == "lsq" else quantizer.replace("+", "-plus") + "-"
                     path = f"{args.plot}-{name}{dtype_name}-{mode}.png"
-                    chart = size_chart(rows, ceilings, mode, f"{dtype_name}, {env['device_name']}", quantizer)
-                    Path(path).write_bytes(chart)
+                    size_chart(rows, ceilings, mode, env, dtype_name, path, quantizer)
                     print(f"wrote {path}")
 
+    progress.close()
     if args.json:
         write_json(args.json, env, args, bytes_per_element_moved=ELEMENTS_MOVED, copy_ceiling=copy_by_dtype,
                    results=[asdict(r) for r in all_rows])

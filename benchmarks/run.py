@@ -241,7 +241,7 @@ def qat_verdict(rows: list[dict], device_type: str, targets: bool = True, rerun:
         lines.append(f"- lsq_fast's overhead is {100 * ratio:.0f}% of the reference's (target: at most 50%)"
                      + verdict(ratio, 0.5, timed, rerun, at_most=True))
     if device_type == "cuda":
-        lines.append(f"- target on GPU: lsq_fast's overhead under 10%"
+        lines.append("- target on GPU: lsq_fast's overhead under 10%"
                      + verdict(ours, 10.0, timed, rerun, at_most=True))
     return lines
 

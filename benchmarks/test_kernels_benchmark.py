@@ -41,7 +41,7 @@ def test_lsq(benchmark, quantizer, case, dtype, provider, mode):
     fn = PROVIDERS[provider](q, case, inputs, Options())
     if fn is None:
         pytest.skip(f"{provider} does not run {quantizer} in {dtype} on {DEVICE.type}")
-    thunk = make_thunk(fn, mode, [inputs])
+    thunk = make_thunk(fn, mode, inputs)
     benchmark.group = f"{'' if quantizer == 'lsq' else quantizer + ' '}{case.name} {dtype} {mode}"
     benchmark.extra_info.update(quantizer=quantizer, elements=case.numel, device=str(DEVICE))
     if DEVICE.type == "cuda":  # time the kernels, not their launch

@@ -1,5 +1,12 @@
 """Timing helpers for the lsq_fast benchmarks: interleaved medians on the CPU or a CUDA device.
 
+A sample on CUDA is triton.testing.do_bench's (events on the stream, L2 flushed before each
+call); on the CPU it is perf_counter around calibrated back-to-back calls. What this module adds
+to either, and why it is not do_bench or torch.utils.benchmark alone: the interleaved, shuffled
+rounds below, and CpuContention, which says how much of the machine other processes took while
+the rounds ran (a 2-core machine shared with a build is slowed several-fold, unevenly), so that
+a report can say "inconclusive" instead of a verdict.
+
 Why interleaved: timing provider A for 30 calls and then provider B for 30 calls lets slow drift
 (turbo clocks, other processes, page-cache state) land on one provider only. Running one sample
 of every provider per round, in a shuffled order, spreads that drift over all of them, and the
@@ -82,31 +89,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_sample(fn: Thunk, inner: int, device: torch.device) -> float:
-    """Seconds per call of `inner` back-to-back calls of fn, measured once.
-
-    On CUDA the launches are asynchronous, so the host clock would time the launch only: CUDA
-    events bracket the work on the stream instead. On the CPU, perf_counter around the calls.
-    """
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        _sync(device)  # nothing queued before `start` may be counted
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3 / inner
+def cpu_sample(fn: Thunk, inner: int) -> float:
+    """Seconds per call of `inner` back-to-back calls of fn on the CPU, measured once."""
     t0 = time.perf_counter()
     for _ in range(inner):
         fn()
     return (time.perf_counter() - t0) / inner
 
 
-def calibrate_inner(fn: Thunk, device: torch.device, min_sample_s: float) -> int:
-    """Calls per sample so that one sample lasts at least min_sample_s (timer resolution and
+def cuda_sample(fn: Thunk, min_sample_s: float) -> float:
+    """Median seconds per call of fn on a CUDA device, by triton.testing.do_bench: CUDA events
+    bracket each call on the stream (the host clock would time the launch only), with the L2
+    cache flushed before each, over calls worth min_sample_s (1 ms at least). Without Triton,
+    torch.utils.benchmark's Timer (synchronising around the calls) over the same time."""
+    rep_ms = max(1.0, 1e3 * min_sample_s)
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        from torch.utils.benchmark import Timer
+
+        return Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=rep_ms / 1e3).median
+    return do_bench(fn, warmup=0, rep=rep_ms, return_mode="median") / 1e3
+
+
+def calibrate_inner(fn: Thunk, min_sample_s: float) -> int:
+    """Calls per CPU sample so that one sample lasts at least min_sample_s (timer resolution and
     per-sample overhead then stay small against it). Assumes fn was warmed up."""
-    per_call = time_sample(fn, 1, device)
+    per_call = cpu_sample(fn, 1)
     return max(1, math.ceil(min_sample_s / max(per_call, 1e-9)))
 
 
@@ -131,7 +140,9 @@ def interleaved_medians(
         for _ in range(warmup):
             thunks[name]()
     _sync(device)
-    inner = {name: calibrate_inner(thunks[name], device, min_sample_s) for name in names}
+    cuda = device.type == "cuda"
+    # On CUDA do_bench picks its own repetitions (inner is reported as 1).
+    inner = {name: 1 if cuda else calibrate_inner(thunks[name], min_sample_s) for name in names}
 
     samples: dict[str, list[float]] = {name: [] for name in names}
     contention = CpuContention()
@@ -140,7 +151,8 @@ def interleaved_medians(
     for _ in range(rounds):
         rng.shuffle(order)
         for name in order:
-            samples[name].append(time_sample(thunks[name], inner[name], device))
+            fn = thunks[name]
+            samples[name].append(cuda_sample(fn, min_sample_s) if cuda else cpu_sample(fn, inner[name]))
     other_cpu = contention.stop()
 
     result = {}

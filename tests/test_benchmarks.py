@@ -1,11 +1,10 @@
 """The benchmark code runs and its measurements mean what they say (tiny sizes, one round; no
-speed is asserted): the PNG is a PNG, the FSDP2 benchmark counts the collectives it says, peak memory counts what a fused fwd+bwd must hold, the
+speed is asserted): the chart is a PNG, CUDA samples come from do_bench, the FSDP2 benchmark counts the collectives it says, peak memory counts what a fused fwd+bwd must hold, the
 kernel and training-step benchmarks write their JSON, the summary reads it."""
 
 import json
 import struct
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
@@ -23,18 +22,39 @@ import bench_qat  # noqa: E402
 import peers  # noqa: E402
 import run as bench_run  # noqa: E402
 from peak_memory import peak_bytes  # noqa: E402
-from png_chart import line_chart  # noqa: E402
+import charts  # noqa: E402
+import timing  # noqa: E402
 
 
-def test_chart_is_a_png():
-    data = line_chart({"a": [(4096, 1.0), (65536, 3.0)], "ceiling": [(4096, 5.0), (65536, 4.0)]},
-                      title="t", x_label="x", y_label="y", dashed=("ceiling",), width=300, height=200)
+@pytest.mark.skipif(not charts.available(), reason="matplotlib is not installed (the bench extra)")
+def test_chart_is_a_png(tmp_path):
+    path = tmp_path / "chart.png"
+    charts.size_chart({"a": [(4096, 1.0), (65536, 3.0)], "b": [(4096, 2.0), (65536, 2.5)]},
+                      [(4096, 5.0), (65536, 4.0)], path, title="t", subtitle="device, commit")
+    data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", data[16:24])
-    assert (width, height) == (300, 200)
-    idat_len = struct.unpack(">I", data[33:37])[0]
-    assert data[37:41] == b"IDAT"
-    assert len(zlib.decompress(data[41 : 41 + idat_len])) == height * (1 + 3 * width)
+    assert struct.unpack(">II", data[16:24]) == (960, 600)  # 8x5 inches at 120 dpi
+    assert [charts.size_label(n) for n in (512, 4096, 16 << 20)] == ["512", "4K", "16M"]
+
+
+def test_cuda_samples_come_from_do_bench(monkeypatch):
+    """On CUDA each interleaved sample is triton.testing.do_bench's median (in ms), over at
+    least 1 ms of calls; no CUDA is touched here (do_bench is stubbed)."""
+    triton_testing = pytest.importorskip("triton.testing")
+    asked = []
+
+    def fake_do_bench(fn, warmup, rep, return_mode):
+        fn()
+        asked.append((warmup, rep, return_mode))
+        return 2.0
+
+    monkeypatch.setattr(triton_testing, "do_bench", fake_do_bench)
+    monkeypatch.setattr(timing, "_sync", lambda device: None)
+    calls = []
+    result = timing.interleaved_medians({"a": lambda: calls.append(1)}, torch.device("cuda"), rounds=3, warmup=1,
+                                        min_sample_s=5e-3)
+    assert result["a"].median_s == pytest.approx(2e-3) and result["a"].inner == 1
+    assert asked == [(0, 5.0, "median")] * 3 and len(calls) == 4
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
