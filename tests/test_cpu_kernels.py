@@ -111,3 +111,51 @@ def test_per_group_thread_count_independent(seed, group_size):
     grad_y = torch.randn(x.shape)
     assert_thread_count_independent(lambda: OPS.lsq_backward(grad_y, x, step, -8, 7, 0, None))
     assert_thread_count_independent(lambda: lsq_plus_backward(grad_y, x, 0))
+
+
+# Outputs of 16 MB and more are written with non-temporal stores where a vector's address is
+# aligned (csrc/cpu/lsq_kernels_impl.h, kStreamBytes); these cross that size with aligned rows,
+# rows whose alignment changes from one to the next (mixing both stores), and a view whose every
+# address is unaligned, and must give the reference's bits all the same.
+STREAMED = {
+    "per-group float32": (torch.float32, (1024, 4096), None, 128, 0),
+    "per-group bfloat16": (torch.bfloat16, (2048, 4096), None, 64, 0),
+    "per-channel odd rows float32": (torch.float32, (4099, 1029), 0, None, 0),
+    "per-tensor unaligned float32": (torch.float32, (4 << 20,), None, None, 1),
+    "lsq+ per-group bfloat16": (torch.bfloat16, (2048, 4096), None, 128, 0),
+}
+
+
+@pytest.mark.parametrize("name", list(STREAMED))
+def test_large_outputs_streamed_match_the_reference(seed, name):
+    dtype, shape, axis, group, offset = STREAMED[name]
+    numel = 1
+    for d in shape:
+        numel *= d
+    base = torch.randn(numel + offset).to(dtype)
+    x = base[offset:].view(shape).requires_grad_()  # offset 1: every vector address off by one element
+    assert x.numel() * x.element_size() >= 16 << 20
+    channels = 1 if axis is None and group is None else shape[0] if group is None else (shape[0], shape[1] // group)
+    step = (torch.rand(channels) * 0.1 + 0.02).requires_grad_()
+    grad_y = torch.randn(shape).to(dtype)
+    kw = dict(channel_axis=axis, group_size=group)
+    # Each element's parameters, broadcast to x: per group along the last axis, per row, or one.
+    spread = (lambda p: p.repeat_interleave(group, -1)) if group else (lambda p: p.reshape(-1, 1)) if axis == 0 \
+        else (lambda p: p)
+    u = x.detach().float()
+    if name.startswith("lsq+"):
+        beta = (-torch.rand(channels) * 0.1).requires_grad_()
+        fused = lsq_fast.lsq_plus_quantize(x, step, beta, 4, backend="cpu", **kw)
+        ref = lsq_fast.reference.lsq_plus_quantize(x, step, beta, 4, **kw)
+        u = (u - spread(beta.detach())) / spread(step.detach())
+        qmin, qmax = 0, 15
+    else:
+        fused = lsq_fast.lsq_quantize(x, step, 4, backend="cpu", **kw)
+        ref = lsq_fast.reference.lsq_quantize(x, step, 4, **kw)
+        u = u / spread(step.detach())
+        qmin, qmax = -8, 7
+    assert torch.equal(fused, ref)
+    gx, = torch.autograd.grad(fused, x, grad_y)
+    # exactly grad_y strictly inside the clip points, else 0 (the reference's autograd multiplies
+    # by s and 1/s: not exact in float32)
+    assert torch.equal(gx, torch.where((u > qmin) & (u < qmax), grad_y, torch.zeros_like(grad_y)))

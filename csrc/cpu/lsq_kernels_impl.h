@@ -37,6 +37,8 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <climits>
+#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
@@ -84,7 +86,54 @@ struct Io {
       at::vec::convert_from_float<scalar_t>(a, b).store(p);
     }
   }
+  // store, or with `stream` and p aligned to a full vector, a non-temporal store: the output's
+  // cache lines are written without first being read (no read-for-ownership) and without
+  // evicting the inputs, so an output far larger than the cache costs one transfer per byte
+  // instead of two. Callers set `stream` for large outputs only (kStreamBytes) and fence.
+  static void store(scalar_t* p, const Vec& a, const Vec& b, bool stream) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+    constexpr uintptr_t kAlign = sizeof(Vec) - 1;
+    if (stream && (reinterpret_cast<uintptr_t>(p) & kAlign) == 0) {
+      if constexpr (!std::is_same_v<opmath_t, float>) {
+        // float64: at::vec's vectors of double; the streamed path is float32's and narrower's
+      } else if constexpr (kNative) {
+        stream_vec(p, a);
+        stream_vec(p + Vec::size(), b);
+        return;
+      } else {
+        stream_vec(p, at::vec::convert_from_float<scalar_t>(a, b));
+        return;
+      }
+    }
+#endif
+    store(p, a, b);
+  }
+
+ private:
+#if defined(CPU_CAPABILITY_AVX512)
+  static void stream_vec(float* p, const Vectorized<float>& v) { _mm512_stream_ps(p, v); }
+  template <typename T>
+  static void stream_vec(T* p, const Vectorized<T>& v) { _mm512_stream_si512(reinterpret_cast<__m512i*>(p), v); }
+#elif defined(CPU_CAPABILITY_AVX2)
+  static void stream_vec(float* p, const Vectorized<float>& v) { _mm256_stream_ps(p, v); }
+  template <typename T>
+  static void stream_vec(T* p, const Vectorized<T>& v) { _mm256_stream_si256(reinterpret_cast<__m256i*>(p), v); }
+#endif
 };
+
+// Outputs of at least this many bytes are written with non-temporal stores (Io::store): they
+// cannot stay in the last-level cache anyway (32 MB on this EPYC), and the working set of a
+// pass is two to four such arrays. Below it, the output is left in the cache for whoever reads
+// it next.
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
+
+// The non-temporal stores of a work item are made visible before the item ends (they are
+// weakly ordered: the join of the parallel region must not overtake them).
+inline void fence_streams(bool stream) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  if (stream) _mm_sfence();
+#endif
+}
 
 // ---- the quantizers' arithmetic on one vector ------------------------------------------------
 //
@@ -295,7 +344,8 @@ inline void for_each_chunk(const scalar_t* const (&in)[kIn], scalar_t* const (&o
 }
 
 template <typename scalar_t, typename Policy, typename Params>
-inline void quantize_run(const Policy& m, const scalar_t* x, scalar_t* y, int64_t len, const Params& params) {
+inline void quantize_run(const Policy& m, const scalar_t* x, scalar_t* y, int64_t len, const Params& params,
+                         bool stream) {
   using IO = Io<scalar_t>;
   using Vec = typename IO::Vec;
   const scalar_t* const in[1] = {x};
@@ -305,14 +355,14 @@ inline void quantize_run(const Policy& m, const scalar_t* x, scalar_t* y, int64_
     IO::load(src(0), a, b);
     params.at(i, pa);
     params.at(i + Vec::size(), pb);
-    IO::store(dst(0), m.quantize(a, pa), m.quantize(b, pb));
+    IO::store(dst(0), m.quantize(a, pa), m.quantize(b, pb), stream);
   });
 }
 
 // Backward over one run; sink.add(i, ta, tb) receives the gradient terms of chunk i.
 template <typename scalar_t, typename Policy, typename Params, typename Sink>
 inline void backward_run(const Policy& m, const scalar_t* gy, const scalar_t* x, scalar_t* gx, int64_t len,
-                         const Params& params, Sink& sink) {
+                         const Params& params, Sink& sink, bool stream) {
   using IO = Io<scalar_t>;
   using Vec = typename IO::Vec;
   constexpr int P = Policy::kParams, K = Policy::kTerms;
@@ -326,7 +376,7 @@ inline void backward_run(const Policy& m, const scalar_t* gy, const scalar_t* x,
     params.at(i + Vec::size(), pb);
     m.backward(xa, ga, pa, gxa, ta);
     m.backward(xb, gb, pb, gxb, tb);
-    IO::store(dst(0), gxa, gxb);
+    IO::store(dst(0), gxa, gxb, stream);
     sink.add(i, ta, tb);
   });
 }
@@ -502,6 +552,19 @@ struct PreparedParams {
   }
 };
 
+// Whether a pass writes its output with non-temporal stores: outputs of kStreamBytes or more.
+// LSQ_FAST_CPU_STREAM=<bytes> moves the threshold, 0 turns them off (to measure either way).
+template <typename scalar_t>
+bool stream_output(const Layout& layout) {
+  static const int64_t threshold = [] {
+    const char* v = std::getenv("LSQ_FAST_CPU_STREAM");
+    if (v == nullptr || *v == '\0') return kStreamBytes;
+    const long long bytes = std::strtoll(v, nullptr, 10);
+    return bytes > 0 ? static_cast<int64_t>(bytes) : INT64_MAX;
+  }();
+  return layout.numel() * static_cast<int64_t>(sizeof(scalar_t)) >= threshold;
+}
+
 template <typename Policy, typename scalar_t>
 void forward_typed(const MethodArgs& args, const scalar_t* x, const at::opmath_type<scalar_t>* const* raw,
                    scalar_t* y, Layout layout) {
@@ -510,11 +573,12 @@ void forward_typed(const MethodArgs& args, const scalar_t* x, const at::opmath_t
   if (t.items == 0) return;
   const PreparedParams<Policy, opmath_t> params(args, raw, t);
   const Policy m(args, params.first().data());
+  const bool stream = stream_output<scalar_t>(layout);
   at::parallel_for(0, t.items, t.grain(), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       if (!t.pattern) {
         t.for_each_unit(item, [&](int64_t, int64_t offset, int64_t len, int64_t c) {
-          quantize_run(m, x + offset, y + offset, len, params.broadcast(c));
+          quantize_run(m, x + offset, y + offset, len, params.broadcast(c), stream);
         });
       } else {
         int64_t r0, r1, c0, c1;
@@ -522,10 +586,11 @@ void forward_typed(const MethodArgs& args, const scalar_t* x, const at::opmath_t
         const auto pattern = params.pattern(c0);
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t offset = r * t.row_len + c0;
-          quantize_run(m, x + offset, y + offset, c1 - c0, pattern);
+          quantize_run(m, x + offset, y + offset, c1 - c0, pattern, stream);
         }
       }
     }
+    fence_streams(stream);
   });
 }
 
@@ -543,6 +608,7 @@ void backward_typed(const MethodArgs& args, const scalar_t* gy, const scalar_t* 
   if (t.items == 0) return;
   const PreparedParams<Policy, opmath_t> params(args, raw, t);
   const Policy m(args, params.first().data());
+  const bool stream = stream_output<scalar_t>(layout);
 
   if (!t.pattern) {
     std::vector<double> partial(unit_is_channel ? 0 : t.units * K);
@@ -550,7 +616,7 @@ void backward_typed(const MethodArgs& args, const scalar_t* gy, const scalar_t* 
       for (int64_t item = begin; item < end; ++item) {
         t.for_each_unit(item, [&](int64_t u, int64_t offset, int64_t len, int64_t c) {
           RunSink<opmath_t, K> sink;
-          backward_run(m, gy + offset, x + offset, gx + offset, len, params.broadcast(c), sink);
+          backward_run(m, gy + offset, x + offset, gx + offset, len, params.broadcast(c), sink, stream);
           sink.fold();
           for (int k = 0; k < K; ++k) {
             if (unit_is_channel) term_sums[k * channels + c] = sink.total[k];
@@ -558,6 +624,7 @@ void backward_typed(const MethodArgs& args, const scalar_t* gy, const scalar_t* 
           }
         });
       }
+      fence_streams(stream);
     });
     if (unit_is_channel) return;
     // unit = (o * channels + c) * blocks_per_segment + block, summed over o then block.
@@ -579,7 +646,7 @@ void backward_typed(const MethodArgs& args, const scalar_t* gy, const scalar_t* 
       const auto pattern = params.pattern(c0);
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t offset = r * t.row_len + c0;
-        backward_run(m, gy + offset, x + offset, gx + offset, c1 - c0, pattern, sink);
+        backward_run(m, gy + offset, x + offset, gx + offset, c1 - c0, pattern, sink, stream);
         if ((r - r0 + 1) % kFoldSteps == 0) sink.fold();
       }
       sink.fold();
@@ -587,6 +654,7 @@ void backward_typed(const MethodArgs& args, const scalar_t* gy, const scalar_t* 
       for (int k = 0; k < K; ++k)
         for (int64_t col = c0; col < c1; ++col) out[k * channels + col / layout.inner] += sink.total[k][col - c0];
     }
+    fence_streams(stream);
   });
   for (int64_t rb = 0; rb < row_blocks; ++rb)
     for (int64_t j = 0; j < K * channels; ++j) term_sums[j] += partial[rb * K * channels + j];
