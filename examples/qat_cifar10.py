@@ -189,12 +189,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    results = run(args)
-    print(qat_recipe.table(results))
-    if args.plot:
-        qat_recipe.plot(results, args.plot, "CIFAR-10, ResNet-20")
-    return results
+    return qat_recipe.main(parse_args(argv), run, "CIFAR-10, ResNet-20")
 
 
 if __name__ == "__main__":

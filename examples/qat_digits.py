@@ -79,12 +79,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    results = run(args)
-    print(qat_recipe.table(results))
-    if args.plot:
-        qat_recipe.plot(results, args.plot, "sklearn digits, small CNN")
-    return results
+    return qat_recipe.main(parse_args(argv), run, "sklearn digits, small CNN")
 
 
 if __name__ == "__main__":

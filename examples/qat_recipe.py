@@ -132,5 +132,14 @@ def plot(results: dict, path: Path | str, title: str) -> bool:
     return True
 
 
+def main(args, run: Callable, title: str) -> dict:
+    """An example's main: run(args), print the table, plot to args.plot (unless '')."""
+    results = run(args)
+    print(table(results))
+    if args.plot:
+        plot(results, args.plot, title)
+    return results
+
+
 def steps(n: int, batch: int) -> int:
     return math.ceil(n / batch)

@@ -75,3 +75,20 @@ def test_qat_cifar10_runs_on_random_images(seed, tmp_path):
     assert (tmp_path / "float.pt").exists()
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_llm_qat_quick(seed, tmp_path):
+    """Weight-only per-group QAT of the small transformer on the standard library's source: the
+    quantized models train (their held-out loss falls below what calibration alone gives, and
+    at 4 bits ends near float's) and no step sits at its floor."""
+    llm = load("llm_qat")
+    plot = tmp_path / "llm.png"
+    results = llm.main(["--quick", "--seed", str(seed), "--plot", str(plot)])
+    float_final = results["float"]["final"]
+    assert float_final < results["pretrain"]["evals"][0][1]  # the float model learned the text
+    four, two = results["4-bit g32"], results["2-bit g32"]
+    assert four["final"] < float_final + 0.1, four
+    assert two["final"] < two["ptq"], two
+    assert four["at_floor"] == 0 and two["at_floor"] == 0
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert plot.stat().st_size > 1000
