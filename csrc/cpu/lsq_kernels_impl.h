@@ -78,50 +78,32 @@ struct Io {
       std::tie(a, b) = at::vec::convert_to_float<scalar_t>(Vectorized<scalar_t>::loadu(p));
     }
   }
-  static void store(scalar_t* p, const Vec& a, const Vec& b) {
+  // Stores the chunk (a, b) as scalar_t; with `stream`, where a vector's address is aligned,
+  // by a non-temporal store: the output's cache lines are written without first being read
+  // (no read-for-ownership) and without evicting the inputs, so an output far larger than the
+  // cache costs one transfer per byte instead of two. Callers set `stream` for large outputs
+  // only (kStreamBytes) and fence.
+  static void store(scalar_t* p, const Vec& a, const Vec& b, bool stream = false) {
     if constexpr (kNative) {
-      a.store(p);
-      b.store(p + Vec::size());
+      put(p, a, stream);
+      put(p + Vec::size(), b, stream);
     } else {
-      at::vec::convert_from_float<scalar_t>(a, b).store(p);
+      put(p, at::vec::convert_from_float<scalar_t>(a, b), stream);
     }
   }
-  // store, or with `stream` and p aligned to a full vector, a non-temporal store: the output's
-  // cache lines are written without first being read (no read-for-ownership) and without
-  // evicting the inputs, so an output far larger than the cache costs one transfer per byte
-  // instead of two. Callers set `stream` for large outputs only (kStreamBytes) and fence.
-  static void store(scalar_t* p, const Vec& a, const Vec& b, bool stream) {
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-    constexpr uintptr_t kAlign = sizeof(Vec) - 1;
-    if (stream && (reinterpret_cast<uintptr_t>(p) & kAlign) == 0) {
-      if constexpr (!std::is_same_v<opmath_t, float>) {
-        // float64: at::vec's vectors of double; the streamed path is float32's and narrower's
-      } else if constexpr (kNative) {
-        stream_vec(p, a);
-        stream_vec(p + Vec::size(), b);
-        return;
-      } else {
-        stream_vec(p, at::vec::convert_from_float<scalar_t>(a, b));
-        return;
-      }
-    }
-#endif
-    store(p, a, b);
-  }
-  // store(p, a, b, stream) for values that scalar_t holds exactly (a straight-through grad_x:
-  // grad_y itself or zero), whose narrowing need not round: bfloat16's bits are then the high
-  // half of each float32, gathered by one permute, where rounding them took 16 instructions
-  // per 32 elements (a quarter of a bfloat16 backward's arithmetic).
+  // store for values that scalar_t holds exactly (a straight-through grad_x: grad_y itself or
+  // zero), whose narrowing need not round: bfloat16's bits are then the high half of each
+  // float32, gathered by one permute, where rounding them took 16 instructions per 32 elements
+  // (a quarter of a bfloat16 backward's arithmetic).
   static void store_exact(scalar_t* p, const Vec& a, const Vec& b, bool stream) {
 #if defined(CPU_CAPABILITY_AVX512)
     if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
       alignas(64) static constexpr uint16_t kHighHalves[32] = {
           1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
           33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
-      const Vectorized<scalar_t> v(_mm512_permutex2var_epi16(
-          _mm512_castps_si512(a), _mm512_load_si512(kHighHalves), _mm512_castps_si512(b)));
-      if (stream && (reinterpret_cast<uintptr_t>(p) & (sizeof(v) - 1)) == 0) stream_vec(p, v);
-      else v.store(p);
+      put(p, Vectorized<scalar_t>(_mm512_permutex2var_epi16(
+                 _mm512_castps_si512(a), _mm512_load_si512(kHighHalves), _mm512_castps_si512(b))),
+          stream);
       return;
     }
 #endif
@@ -129,6 +111,20 @@ struct Io {
   }
 
  private:
+  // One vector to p: streamed where asked and p is aligned to it (not float64's: at::vec's
+  // double vectors have no streamed path here), else an ordinary store.
+  template <typename T>
+  static void put(T* p, const Vectorized<T>& v, bool stream) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+    if constexpr (!std::is_same_v<T, double>) {
+      if (stream && (reinterpret_cast<uintptr_t>(p) & (sizeof(v) - 1)) == 0) {
+        stream_vec(p, v);
+        return;
+      }
+    }
+#endif
+    v.store(p);
+  }
 #if defined(CPU_CAPABILITY_AVX512)
   static void stream_vec(float* p, const Vectorized<float>& v) { _mm512_stream_ps(p, v); }
   template <typename T>
