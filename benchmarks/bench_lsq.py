@@ -120,9 +120,14 @@ def build_reference_compiled(q: Quantizer, case: Case, inp: Inputs, opts: Option
     if opts.compile_dynamic:
         compiled = _dynamic_reference(call.reference)
     else:
-        torch._dynamo.reset()
-        compiled = torch.compile(call.reference, dynamic=False)
+        compiled = compile_static(call.reference)
     return _bind(compiled, call.args, call.kwargs)
+
+
+def compile_static(fn: Callable) -> Callable:
+    """torch.compile of fn for static shapes, from an empty Dynamo cache (see above)."""
+    torch._dynamo.reset()
+    return torch.compile(fn, dynamic=False)
 
 
 _DYNAMIC_REFERENCE: dict[Callable, Callable] = {}
@@ -141,10 +146,7 @@ def build_peer(name: str) -> Callable[[Quantizer, Case, Inputs, Options], Option
 
     def build(q: Quantizer, case: Case, inp: Inputs, opts: Options) -> Optional[QuantFn]:
         fn = q.peers[peer](case, inp) if peer in q.peers else None
-        if fn is None or not compiled:
-            return fn
-        torch._dynamo.reset()
-        return torch.compile(fn, dynamic=False)
+        return compile_static(fn) if fn is not None and compiled else fn
 
     return build
 

@@ -18,6 +18,7 @@ under 1e-6 of a step on a third of the elements, its bfloat16 one by up to a who
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Optional
 
@@ -59,8 +60,9 @@ def _layout_ok(case: Case) -> bool:
     return case.group_size is not None or case.channel_axis in (None, 0)
 
 
+@functools.cache
 def available(name: str) -> bool:
-    """Whether the peer's library imports here (the `peers` extra)."""
+    """Whether the peer's library imports here (the `peers` extra); tried once per peer."""
     module = {"torchao": "torchao.quantization.qat", "brevitas": "brevitas.core.quant",
               "nncf": "nncf.torch.quantization.quantize_functions"}[name.split("+")[0]]
     try:
