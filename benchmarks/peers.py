@@ -10,10 +10,11 @@ as [steps, block] and its scale as a column (`blocks`): a view, no copy.
 
 Where a peer's semantics differ from lsq_fast's contract, SEMANTICS says so, and the benchmark
 prints it beside the numbers; the share of forward outputs off the reference's is measured per
-row (bench_lsq.py's "fwd ≠ reference" column). Checked by hand on a 64x512 group-128 weight:
-Brevitas's forward and step gradient equal the reference's with g = 1 exactly in float32,
-torchao's forward too (its step gradient within 1e-6 of it); NNCF's float32 forward is off by
-under 1e-6 of a step on a third of the elements, its bfloat16 one by up to a whole step.
+row (bench_lsq.py's "fwd ≠ reference" column). tests/test_bench_peers.py checks each
+parameterisation: Brevitas's and torchao's float32 forwards are the reference's bit for bit, and
+Brevitas's step gradient is LSQ's with g = 1 (within the contract's bound) wherever its wider pass
+band admits nothing; NNCF's float32 forward is an ulp off at most (by hand on a 64x512 group-128
+weight: under 1e-6 of a step, on a third of the elements; its bfloat16 one up to a whole step).
 """
 
 from __future__ import annotations
